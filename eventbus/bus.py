@@ -1,0 +1,238 @@
+"""Storing and emitting events.
+
+An event with no ``ts``, or a ``ts`` not in the future, is emitted in the same
+transaction that stores it: the subscribers (the workflow engine) create their runs
+there, so an event sent inside ``transaction.atomic()`` exists and is delivered only if
+that transaction commits. A future ``ts`` stores the event as ``scheduled``; the
+dispatcher emits it when due (:func:`emit_due`), claiming each row conditionally so two
+dispatchers never emit it twice.
+"""
+
+import contextlib
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextvars import ContextVar
+from typing import Any
+
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from eventbus import conf, validation
+from eventbus.exceptions import EventError, UnknownWorkspaceError
+from eventbus.models import Event, EventStatus, Workspace
+
+#: Called inside the emitting transaction with the list of newly emitted events.
+Subscriber = Callable[[list[Event]], None]
+_subscribers: list[Subscriber] = []
+#: The workspace of the workflow run executing in this context, if any.
+_run_workspace: ContextVar[Workspace | None] = ContextVar("eventbus_run_workspace", default=None)
+
+
+def subscribe(handler: Subscriber) -> None:
+    """Register ``handler`` to be called, in the emitting transaction, on emission."""
+    if handler not in _subscribers:
+        _subscribers.append(handler)
+
+
+def now_ms() -> int:
+    """The current time in Unix milliseconds."""
+    return int(time.time() * 1000)
+
+
+@contextlib.contextmanager
+def bound_to(workspace: Workspace) -> Iterator[None]:
+    """Inside a run: ``send`` defaults to, and may only use, the run's workspace."""
+    reset = _run_workspace.set(workspace)
+    try:
+        yield
+    finally:
+        _run_workspace.reset(reset)
+
+
+def get_workspace(slug: str | None) -> Workspace:
+    """Return the workspace ``slug`` (the default one when ``None``).
+
+    Code running inside a workflow run gets the run's workspace and cannot name another.
+    """
+    bound = _run_workspace.get()
+    if bound is not None:
+        if slug is None or slug == bound.slug:
+            return bound
+        raise EventError(
+            f"code running in a workflow run of workspace {bound.slug!r} cannot send into "
+            f"workspace {slug!r}: events never cross workspaces"
+        )
+    default = conf.get().DEFAULT_WORKSPACE
+    if slug is None or slug == default:
+        workspace, _ = Workspace.objects.get_or_create(
+            slug=default, defaults={"name": "Default workspace"}
+        )
+        return workspace
+    if not isinstance(slug, str):
+        raise EventError(f"workspace must be a slug string, got {type(slug).__name__}")
+    try:
+        return Workspace.objects.get(slug=slug)
+    except Workspace.DoesNotExist:
+        raise UnknownWorkspaceError(
+            f"unknown workspace {slug!r}: create it first "
+            "(Workspace.objects.create(slug=...)) or pass workspace=None for the default"
+        ) from None
+
+
+def send(
+    name: Any,
+    data: Any = None,
+    *,
+    ts: Any = None,
+    id: Any = None,
+    workspace: str | None = None,
+) -> str:
+    """See :func:`eventbus.send`."""
+    spec = validation.event(name, data, ts, id)
+    return store([spec], get_workspace(workspace))[0]
+
+
+def send_batch(events: Any, *, workspace: str | None = None) -> list[str]:
+    """See :func:`eventbus.send_batch`."""
+    specs = validation.batch(events)
+    return store(specs, get_workspace(workspace))
+
+
+def store(
+    specs: Sequence[validation.EventSpec],
+    workspace: Workspace,
+    *,
+    source_run_id: Any = None,
+    source_step_id: Any = None,
+    event_ids: Sequence[uuid.UUID] | None = None,
+) -> list[str]:
+    """Store validated events in ``workspace``, emit the due ones; return their ids.
+
+    An event whose idempotency key already exists in the workspace is not stored again:
+    its id is returned in its place.
+    """
+    now = now_ms()
+    created_at = timezone.now()
+    rows: list[Event] = []
+    for index, spec in enumerate(specs):
+        ts = spec.ts if spec.ts is not None else now
+        rows.append(
+            Event(
+                id=event_ids[index] if event_ids else uuid.uuid4(),
+                workspace=workspace,
+                name=spec.name,
+                data=spec.data,
+                ts=ts,
+                idempotency_key=spec.idempotency_key,
+                status=EventStatus.SCHEDULED if ts > now else EventStatus.EMITTED,
+                created_at=created_at,
+                emitted_at=None if ts > now else created_at,
+                source_run_id=source_run_id,
+                source_step_id=source_step_id,
+            )
+        )
+    with transaction.atomic():
+        ids, fresh = _insert(rows, workspace)
+        emitted = [row for row in fresh if row.status == EventStatus.EMITTED]
+        if emitted:
+            _deliver(emitted)
+    return ids
+
+
+def _insert(rows: list[Event], workspace: Workspace) -> tuple[list[str], list[Event]]:
+    """Insert ``rows``, skipping idempotency keys already used; return ids and new rows."""
+    keys = {row.idempotency_key for row in rows if row.idempotency_key}
+    known: dict[str, str] = {}
+    if keys:
+        known = {
+            key: str(pk)
+            for key, pk in Event.objects.filter(
+                workspace=workspace, idempotency_key__in=keys
+            ).values_list("idempotency_key", "id")
+        }
+    ids: list[str] = []
+    fresh: list[Event] = []
+    for row in rows:
+        key = row.idempotency_key
+        if key and key in known:
+            ids.append(known[key])  # stored before, or earlier in this same batch
+            continue
+        if key:
+            known[key] = str(row.id)
+        ids.append(str(row.id))
+        fresh.append(row)
+    if not fresh:
+        return ids, fresh
+    try:
+        with transaction.atomic():
+            Event.objects.bulk_create(fresh, batch_size=1000)
+    except IntegrityError:
+        # A concurrent send took one of our keys between the lookup and the insert:
+        # insert one by one, each in its own savepoint, and map the ones that lost.
+        winners: dict[str, str] = {}
+        kept: list[Event] = []
+        for row in fresh:
+            try:
+                with transaction.atomic():
+                    row.save(force_insert=True)
+                kept.append(row)
+            except IntegrityError:
+                if not row.idempotency_key:
+                    raise
+                winners[str(row.id)] = str(
+                    Event.objects.values_list("id", flat=True).get(
+                        workspace=workspace, idempotency_key=row.idempotency_key
+                    )
+                )
+        ids = [winners.get(event_id, event_id) for event_id in ids]
+        fresh = kept
+    return ids, fresh
+
+
+def _deliver(events: list[Event]) -> None:
+    for handler in _subscribers:
+        handler(events)
+
+
+def emit_due(limit: int = 500) -> int:
+    """Emit up to ``limit`` scheduled events whose ``ts`` has come; return how many.
+
+    Each event is claimed with a conditional update (and, where the database has it,
+    ``SELECT … FOR UPDATE SKIP LOCKED``), so concurrent dispatchers share the work and
+    none is emitted twice.
+    """
+    now = now_ms()
+    with transaction.atomic():
+        due = Event.objects.due(now).order_by("ts").select_related("workspace")
+        if connection.features.has_select_for_update_skip_locked:
+            due = due.select_for_update(skip_locked=True, of=("self",))
+        batch = list(due[:limit])
+        if not batch:
+            return 0
+        emitted_at = timezone.now()
+        claimed = Event.objects.filter(
+            pk__in=[event.pk for event in batch], status=EventStatus.SCHEDULED
+        ).update(status=EventStatus.EMITTED, emitted_at=emitted_at)
+        if claimed != len(batch):
+            # Only possible without row locks: someone else emitted part of the batch.
+            # Roll back and let the next tick take whatever is still scheduled.
+            transaction.set_rollback(True)
+            return 0
+        for event in batch:
+            event.status = EventStatus.EMITTED
+            event.emitted_at = emitted_at
+        _deliver(batch)
+    return len(batch)
+
+
+def redeliver(event_ids: Iterable[Any]) -> list[Event]:
+    """Run the subscribers again for already emitted events (used by replay)."""
+    events = list(
+        Event.objects.filter(pk__in=list(event_ids), status=EventStatus.EMITTED).select_related(
+            "workspace"
+        )
+    )
+    with transaction.atomic():
+        _deliver(events)
+    return events

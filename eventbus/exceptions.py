@@ -1,0 +1,12 @@
+"""Errors raised by the event bus."""
+
+
+class EventError(ValueError):
+    """The event is invalid and nothing was stored."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or self.__doc__)
+
+
+class UnknownWorkspaceError(EventError):
+    """No workspace has this slug."""

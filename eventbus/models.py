@@ -1,0 +1,98 @@
+"""Workspaces and events."""
+
+import uuid
+
+from django.db import models
+from django.utils import timezone
+
+
+class Workspace(models.Model):
+    """An isolated space: events and runs never cross from one workspace to another."""
+
+    slug = models.SlugField(max_length=100, unique=True)
+    name = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.slug
+
+
+class EventStatus(models.TextChoices):
+    """Where an event is in its life."""
+
+    SCHEDULED = "scheduled", "Scheduled"
+    """Stored with a future ``ts``; the dispatcher emits it when due."""
+    EMITTED = "emitted", "Emitted"
+    """Delivered: a run exists for every workflow subscribed at emission time."""
+
+
+class EventQuerySet(models.QuerySet):
+    """Queries over events."""
+
+    def due(self, now_ms: int) -> "EventQuerySet":
+        """Scheduled events whose ``ts`` has come."""
+        return self.filter(status=EventStatus.SCHEDULED, ts__lte=now_ms)
+
+
+class Event(models.Model):
+    """A named JSON payload in a workspace; emitting it triggers subscribed workflows."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    workspace = models.ForeignKey(Workspace, on_delete=models.PROTECT, related_name="events")
+    name = models.CharField(max_length=255)
+    data = models.JSONField(default=dict)
+    ts = models.BigIntegerField(help_text="Emission time asked for, in Unix milliseconds.")
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    status = models.CharField(
+        max_length=16, choices=EventStatus.choices, default=EventStatus.EMITTED
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    emitted_at = models.DateTimeField(null=True, blank=True)
+    source_run = models.ForeignKey(
+        "workflows.WorkflowRun",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="emitted_events",
+        help_text="The run whose step emitted this event, if any.",
+    )
+    source_step = models.ForeignKey(
+        "workflows.StepResult",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="emitted_events",
+        help_text="The step that emitted this event, if any.",
+    )
+
+    objects = EventQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["workspace", "idempotency_key"],
+                condition=models.Q(idempotency_key__isnull=False),
+                name="eventbus_event_unique_idempotency_key",
+            )
+        ]
+        indexes = [
+            models.Index(
+                fields=["ts"],
+                condition=models.Q(status="scheduled"),
+                name="eventbus_event_scheduled_ts",
+            ),
+            models.Index(
+                fields=["workspace", "name", "created_at"],
+                name="eventbus_event_ws_name",
+            ),
+            models.Index(fields=["name", "created_at"], name="eventbus_event_name"),
+            models.Index(fields=["created_at"], name="eventbus_event_created"),
+            models.Index(fields=["status", "created_at"], name="eventbus_event_status"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.id})"

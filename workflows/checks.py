@@ -1,0 +1,64 @@
+"""Django system checks for configurations that cannot work."""
+
+from typing import Any
+
+from django.conf import settings
+from django.core import checks
+
+from workflows import conf
+
+#: RabbitMQ closes a channel whose message stays unacknowledged this long (its default).
+RABBITMQ_CONSUMER_TIMEOUT = 30 * 60
+
+
+@checks.register()
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Warn about timings the engine or the broker cannot honour."""
+    messages: list[checks.CheckMessage] = []
+    try:
+        cfg = conf.get()
+    except Exception as exc:
+        return [checks.Error(str(exc), id="workflows.E001")]
+    if cfg.HEARTBEAT_SECONDS >= cfg.LEASE_SECONDS:
+        messages.append(
+            checks.Error(
+                "WORKFLOWS['HEARTBEAT_SECONDS'] must be shorter than LEASE_SECONDS, or "
+                "every long step is taken over by a second worker",
+                id="workflows.E002",
+            )
+        )
+    broker = str(getattr(settings, "CELERY_BROKER_URL", "") or "")
+    options = getattr(settings, "CELERY_BROKER_TRANSPORT_OPTIONS", {}) or {}
+    if broker.startswith(("redis", "rediss", "sentinel")):
+        limit = float(options.get("visibility_timeout", 3600))
+        if limit <= cfg.ETA_HORIZON_SECONDS:
+            messages.append(
+                checks.Warning(
+                    f"WORKFLOWS['ETA_HORIZON_SECONDS'] ({cfg.ETA_HORIZON_SECONDS:g}s) is at "
+                    f"or above the Redis visibility_timeout ({limit:g}s): Redis would "
+                    "deliver delayed messages twice",
+                    hint="Lower ETA_HORIZON_SECONDS; the database holds longer delays.",
+                    id="workflows.W001",
+                )
+            )
+    is_amqp = broker.startswith(("amqp", "pyamqp", "rabbitmq"))
+    if is_amqp and cfg.ETA_HORIZON_SECONDS >= RABBITMQ_CONSUMER_TIMEOUT:
+        messages.append(
+            checks.Warning(
+                f"WORKFLOWS['ETA_HORIZON_SECONDS'] ({cfg.ETA_HORIZON_SECONDS:g}s) is at "
+                "or above RabbitMQ's default consumer_timeout (30 min)",
+                hint="Lower ETA_HORIZON_SECONDS; the database holds longer delays.",
+                id="workflows.W002",
+            )
+        )
+    accept = getattr(settings, "CELERY_ACCEPT_CONTENT", None) or ["json"]
+    if any("pickle" in str(item) for item in accept):
+        messages.append(
+            checks.Warning(
+                "CELERY_ACCEPT_CONTENT allows pickle: a message from the broker could run "
+                "arbitrary code in the worker",
+                hint="Use CELERY_ACCEPT_CONTENT = ['json'].",
+                id="workflows.W003",
+            )
+        )
+    return messages

@@ -1,0 +1,52 @@
+"""Typed settings of the workflow engine, read from ``settings.WORKFLOWS`` when used."""
+
+from dataclasses import dataclass, fields
+
+from django.conf import settings as django_settings
+from django.core.exceptions import ImproperlyConfigured
+
+
+@dataclass(frozen=True)
+class WorkflowsSettings:
+    """Tuning of the engine; override any of them in ``WORKFLOWS``."""
+
+    #: Seconds a worker owns a run it claimed; a heartbeat renews it while it runs.
+    #: A run whose worker died is taken over once this has passed.
+    LEASE_SECONDS: float = 30.0
+    #: Seconds between lease renewals of a running run.
+    HEARTBEAT_SECONDS: float = 10.0
+    #: Seconds after which a queued run that no worker claimed is rung again (its
+    #: message may have been lost, e.g. a broker restarted empty).
+    RING_TIMEOUT_SECONDS: float = 30.0
+    #: Wake-ups due within this many seconds are also sent to the broker with an
+    #: ``eta``; later ones wait in the database for the dispatcher. Keep it well below
+    #: the broker's redelivery limit (Redis ``visibility_timeout``).
+    ETA_HORIZON_SECONDS: float = 30.0
+    #: Seconds between two passes of the dispatcher.
+    DISPATCH_INTERVAL_SECONDS: float = 0.25
+    #: Rows the dispatcher handles per query.
+    DISPATCH_BATCH: int = 500
+    #: Start a dispatcher thread inside every Celery worker.
+    DISPATCHER_IN_WORKER: bool = True
+    #: Default ``retries`` of ``@workflow``.
+    DEFAULT_RETRIES: int = 3
+    #: First retry delay in seconds; each later one doubles, with jitter.
+    RETRY_BASE_SECONDS: float = 1.0
+    #: Longest retry delay in seconds.
+    RETRY_MAX_SECONDS: float = 600.0
+    #: Largest encoded output of a step or a run, in bytes.
+    MAX_OUTPUT_BYTES: int = 4 * 1024 * 1024
+    #: Celery queue of the engine's tasks (``None``: the app's default queue).
+    QUEUE: str | None = None
+
+
+def get() -> WorkflowsSettings:
+    """Return the current settings (read on every call, so tests may override them)."""
+    overrides = getattr(django_settings, "WORKFLOWS", {}) or {}
+    known = {f.name for f in fields(WorkflowsSettings)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise ImproperlyConfigured(
+            f"WORKFLOWS has unknown keys {sorted(unknown)}; allowed: {sorted(known)}"
+        )
+    return WorkflowsSettings(**overrides)

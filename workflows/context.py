@@ -1,0 +1,59 @@
+"""``ctx``: what a workflow function receives."""
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from workflows.steps import Step
+
+if TYPE_CHECKING:
+    from workflows.engine import Execution
+
+
+@dataclass(frozen=True)
+class EventView:
+    """An event as a workflow sees it."""
+
+    id: str
+    name: str
+    data: dict[str, Any]
+    ts: int
+
+    @classmethod
+    def of(cls, event: Any) -> "EventView":
+        """The view of an ``eventbus.models.Event``."""
+        return cls(id=str(event.id), name=event.name, data=event.data, ts=event.ts)
+
+
+class RunLogger(logging.LoggerAdapter):
+    """Prefixes every message with the workflow and run it comes from."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        extra = self.extra or {}
+        return f"[{extra.get('workflow_id')} {extra.get('run_id')}] {msg}", kwargs
+
+
+class Context:
+    """The argument of a workflow function.
+
+    ``event`` (``.id``, ``.name``, ``.data``, ``.ts``), ``step``, ``run_id``,
+    ``attempt`` (0 on the first try of the current step), ``workspace`` (slug) and
+    ``logger``.
+    """
+
+    def __init__(self, execution: "Execution") -> None:
+        self._ex = execution
+        run = execution.run
+        self.event = EventView.of(run.event)
+        self.step = Step(execution)
+        self.run_id = str(run.pk)
+        self.workspace: str = run.workspace.slug
+        self.logger = execution.logger
+
+    @property
+    def attempt(self) -> int:
+        """0 on the first try of the step being executed, n on its n-th retry."""
+        return self._ex.attempt
+
+    def __repr__(self) -> str:
+        return f"<Context run={self.run_id} event={self.event.name!r}>"

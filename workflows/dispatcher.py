@@ -1,0 +1,91 @@
+"""The dispatcher: hands over whatever the database says is due.
+
+Each pass (:func:`tick`):
+
+1. emits scheduled events whose ``ts`` has come (each exactly once);
+2. rings for active runs whose ``due_at`` has passed: sleeps that ended, retries whose
+   backoff ended, queued runs whose message was lost, running runs whose worker died
+   (lease expired). Their ``due_at`` moves ``RING_TIMEOUT_SECONDS`` ahead, so a run is
+   rung again only if that bell goes unanswered too.
+
+Rows are taken with ``SELECT … FOR UPDATE SKIP LOCKED`` where the database has it, so any
+number of dispatchers can run at once. By default every Celery worker runs one in a
+thread (``WORKFLOWS["DISPATCHER_IN_WORKER"]``); ``manage.py run_dispatcher`` runs one on
+its own, and the ``workflows.dispatch`` task suits Celery beat.
+"""
+
+import logging
+import threading
+from datetime import timedelta
+
+from django.db import close_old_connections, connection, transaction
+from django.utils import timezone
+
+from eventbus import bus
+from workflows import conf, doorbell
+from workflows.models import WorkflowRun
+
+logger = logging.getLogger("workflows.dispatcher")
+
+
+def tick() -> dict[str, int]:
+    """One pass; returns how many events were emitted and runs rung."""
+    settings = conf.get()
+    emitted = 0
+    while True:
+        count = bus.emit_due(settings.DISPATCH_BATCH)
+        emitted += count
+        if count < settings.DISPATCH_BATCH:
+            break
+    rung = 0
+    while True:
+        count = ring_due_runs(settings.DISPATCH_BATCH)
+        rung += count
+        if count < settings.DISPATCH_BATCH:
+            break
+    return {"emitted": emitted, "rung": rung}
+
+
+def ring_due_runs(limit: int) -> int:
+    """Ring for up to ``limit`` active runs whose ``due_at`` has passed."""
+    settings = conf.get()
+    now = timezone.now()
+    with transaction.atomic():
+        due = WorkflowRun.objects.due(now).order_by("due_at")
+        if connection.features.has_select_for_update_skip_locked:
+            due = due.select_for_update(skip_locked=True)
+        ids = list(due.values_list("pk", flat=True)[:limit])
+        if not ids:
+            return 0
+        WorkflowRun.objects.filter(pk__in=ids).update(
+            due_at=now + timedelta(seconds=settings.RING_TIMEOUT_SECONDS)
+        )
+        doorbell.ring_on_commit(ids)
+    return len(ids)
+
+
+class DispatcherThread(threading.Thread):
+    """Runs :func:`tick` every ``DISPATCH_INTERVAL_SECONDS`` until stopped."""
+
+    def __init__(self) -> None:
+        super().__init__(name="workflows-dispatcher", daemon=True)
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        logger.info("dispatcher started")
+        while not self._stop_event.is_set():
+            try:
+                result = tick()
+                if result["emitted"] or result["rung"]:
+                    logger.debug("dispatched %s", result)
+            except Exception:
+                logger.exception("dispatcher pass failed; retrying")
+                connection.close()
+            close_old_connections()
+            self._stop_event.wait(conf.get().DISPATCH_INTERVAL_SECONDS)
+        connection.close()
+        logger.info("dispatcher stopped")
+
+    def stop(self) -> None:
+        """Ask the loop to end after the current pass."""
+        self._stop_event.set()

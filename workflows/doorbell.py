@@ -1,0 +1,59 @@
+"""Ringing the bell: telling a worker that a run can move on.
+
+A message carries only a run id; the database says what to do. A lost message is rung
+again by the dispatcher, a duplicate is a no-op (the claim is conditional), so ringing
+never needs to be reliable, only cheap.
+"""
+
+import logging
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.utils import timezone
+
+from workflows import conf
+
+logger = logging.getLogger("workflows.doorbell")
+
+#: When set (by :mod:`workflows.testing`), bells go to this callable instead of Celery.
+_override = None
+
+
+def ring(run_ids: Iterable[Any], *, at: datetime | None = None) -> None:
+    """Ask a worker to execute each run, now or at ``at`` (within the eta horizon)."""
+    ids = [str(run_id) for run_id in run_ids]
+    if not ids:
+        return
+    if _override is not None:
+        _override(ids, at)
+        return
+    from workflows import tasks
+
+    options: dict[str, Any] = {}
+    settings = conf.get()
+    if settings.QUEUE:
+        options["queue"] = settings.QUEUE
+    if at is not None and at > timezone.now():
+        if at - timezone.now() > timedelta(seconds=settings.ETA_HORIZON_SECONDS):
+            return  # too far ahead for the broker: the dispatcher rings when it is due
+        options["eta"] = at
+    try:
+        for run_id in ids:
+            tasks.execute_run.apply_async((run_id,), **options)
+    except Exception:
+        # The rows are committed; the dispatcher rings again after RING_TIMEOUT_SECONDS.
+        logger.warning(
+            "could not ring for %d run(s); the dispatcher will retry",
+            len(ids),
+            exc_info=True,
+        )
+
+
+def ring_on_commit(run_ids: Iterable[Any], *, at: datetime | None = None) -> None:
+    """Ring once the current transaction commits (never if it rolls back)."""
+    from django.db import transaction
+
+    ids = [str(run_id) for run_id in run_ids]
+    if ids:
+        transaction.on_commit(lambda: ring(ids, at=at), robust=True)

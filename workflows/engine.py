@@ -1,0 +1,125 @@
+"""Executing a run: claim it, replay its memos, run the workflow until it ends or suspends.
+
+A run executes its steps one after another inside one worker task. Its memos are loaded
+in one query; each new step costs one commit. Outcomes:
+
+- the workflow returns: the run is ``completed`` with its JSON output;
+- a step suspends (sleep, retry backoff): the run is released, no worker is held;
+- the workflow raises (a ``StepError`` it did not catch, a bug, a non-determinism): the
+  run is ``failed`` with the error and traceback;
+- the engine cannot reach the database: nothing is marked, the lease expires and another
+  worker resumes the run.
+"""
+
+import json
+import logging
+import uuid
+from contextlib import nullcontext
+from datetime import timedelta
+from typing import Any
+
+from django.utils import timezone
+
+from eventbus import bus, validation
+from workflows import conf, errors, heartbeat, leases, memo, registry
+from workflows.context import Context, RunLogger
+from workflows.exceptions import UnknownWorkflowError
+from workflows.models import RunStatus, StepResult, WorkflowRun
+from workflows.steps import EngineInterrupt, Suspend
+
+logger = logging.getLogger("workflows.engine")
+
+
+class Execution:
+    """The state of one execution of a run by one worker."""
+
+    def __init__(self, run: WorkflowRun, workflow: registry.Workflow, token: str) -> None:
+        self.run = run
+        self.workflow = workflow
+        self.token = token
+        self.memos: dict[str, StepResult] = {m.key: m for m in StepResult.objects.filter(run=run)}
+        self.counter = memo.Counter()
+        self.in_step: str | None = None
+        self.attempt = 0
+        #: An error that must fail the run even if the workflow caught it.
+        self.fatal: BaseException | None = None
+        self.logger = RunLogger(
+            logging.getLogger("workflows.run"),
+            {"run_id": str(run.pk), "workflow_id": run.workflow_id},
+        )
+
+
+def execute(run_id: Any, *, keep_lease_alive: bool = False) -> str:
+    """Execute the run if it is ours to run; return what happened.
+
+    One of ``"skipped"`` (not runnable: finished, running elsewhere, not yet due),
+    ``"completed"``, ``"failed"``, ``"suspended"``, ``"cancelled"``, ``"lost"`` (another
+    worker took it over) or ``"deferred"`` (its workflow is not registered here).
+    """
+    token = uuid.uuid4().hex
+    run = leases.claim(run_id, token)
+    if run is None:
+        return "skipped"
+    try:
+        wf = registry.get(run.workflow_id)
+    except UnknownWorkflowError:
+        # Likely a deploy in progress: another worker may know it. Try again later.
+        delay = conf.get().RING_TIMEOUT_SECONDS
+        logger.error(
+            "run %s: workflow %r is not registered in this worker; retrying in %ss",
+            run.pk,
+            run.workflow_id,
+            delay,
+        )
+        leases.release_for_retry(run.pk, token, timezone.now() + timedelta(seconds=delay))
+        return "deferred"
+    execution = Execution(run, wf, token)
+    ctx = Context(execution)
+    keeper = heartbeat.track(run.pk, token) if keep_lease_alive else nullcontext()
+    with keeper, bus.bound_to(run.workspace):
+        try:
+            result = wf.fn(ctx)
+        except Suspend:
+            return "suspended"
+        except leases.RunCancelled:
+            ctx.logger.info("cancelled while running; stopped")
+            return "cancelled"
+        except leases.LeaseLost:
+            ctx.logger.warning("lease lost to another worker; stopped")
+            return "lost"
+        except EngineInterrupt as exc:
+            ctx.logger.error("could not store a step (%s); the run will be resumed", exc)
+            raise
+        except Exception as exc:
+            return _fail(execution, execution.fatal or exc)
+        if execution.fatal is not None:
+            return _fail(execution, execution.fatal)
+        try:
+            output = validation.encode_json(
+                result,
+                max_depth=200,
+                max_bytes=conf.get().MAX_OUTPUT_BYTES,
+                where=f"the return value of workflow {wf.id!r}",
+            )
+        except ValueError as exc:
+            return _fail(execution, ValueError(f"{exc}; return JSON-serialisable data"))
+        if leases.finish(run.pk, token, RunStatus.COMPLETED, output=json.loads(output)):
+            ctx.logger.info("completed")
+            return "completed"
+        return "cancelled"
+
+
+def _fail(execution: Execution, exc: BaseException) -> str:
+    error = errors.describe(exc)
+    step_id = getattr(exc, "step_id", "")
+    if step_id:
+        error["step_id"] = step_id
+    if leases.finish(execution.run.pk, execution.token, RunStatus.FAILED, error=error):
+        logger.warning(
+            "run %s of %r failed: %s",
+            execution.run.pk,
+            execution.workflow.id,
+            error["message"],
+        )
+        return "failed"
+    return "cancelled"

@@ -1,0 +1,177 @@
+"""Runs of workflows and the memos of their steps."""
+
+import uuid
+
+from django.db import models
+from django.utils import timezone
+
+
+class RunStatus(models.TextChoices):
+    """Where a run is in its life."""
+
+    QUEUED = "queued", "Queued"
+    """Waiting for a worker (``wake_at``, if set, is the earliest time to start)."""
+    RUNNING = "running", "Running"
+    """A worker holds its lease and executes its steps."""
+    SLEEPING = "sleeping", "Sleeping"
+    """Suspended by ``step.sleep`` until ``wake_at``; no worker is held."""
+    WAITING = "waiting", "Waiting"
+    """Suspended until a child run or an event arrives; no worker is held."""
+    COMPLETED = "completed", "Completed"
+    """The workflow returned; ``output`` holds its value."""
+    FAILED = "failed", "Failed"
+    """The workflow raised, or a step failed for good; ``error`` says why."""
+    CANCELLED = "cancelled", "Cancelled"
+    """Stopped by a cancellation; it runs no further step."""
+
+
+#: Statuses from which a run never moves again.
+TERMINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
+#: Statuses of runs the engine still has to move forward.
+ACTIVE_STATUSES = frozenset(
+    {RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.SLEEPING, RunStatus.WAITING}
+)
+
+
+class StepKind(models.TextChoices):
+    """Which ``ctx.step`` call recorded a memo."""
+
+    RUN = "run", "run"
+    SEND_EVENT = "send_event", "send_event"
+    SLEEP = "sleep", "sleep"
+    INVOKE = "invoke", "invoke"
+    WAIT_FOR_EVENT = "wait_for_event", "wait_for_event"
+
+
+class StepStatus(models.TextChoices):
+    """Where a step is in its life."""
+
+    COMPLETED = "completed", "Completed"
+    """Done; ``output`` is returned to every replay."""
+    FAILED = "failed", "Failed"
+    """Failed for good; every replay raises ``StepError`` here."""
+    RETRYING = "retrying", "Retrying"
+    """A try failed; the next one runs at ``wake_at``."""
+    SLEEPING = "sleeping", "Sleeping"
+    """A sleep that ends at ``wake_at``."""
+    WAITING = "waiting", "Waiting"
+    """Waiting for a child run or an event."""
+
+
+class RunQuerySet(models.QuerySet):
+    """Queries over runs."""
+
+    def active(self) -> "RunQuerySet":
+        """Runs that are not finished."""
+        return self.filter(status__in=ACTIVE_STATUSES)
+
+    def finished(self) -> "RunQuerySet":
+        """Runs that completed, failed or were cancelled."""
+        return self.filter(status__in=TERMINAL_STATUSES)
+
+    def due(self, now) -> "RunQuerySet":
+        """Active runs whose bell must ring now (woken, retried, lost or stalled)."""
+        return self.filter(status__in=ACTIVE_STATUSES, due_at__lte=now)
+
+    def stalled(self, now) -> "RunQuerySet":
+        """Running runs whose worker stopped renewing the lease."""
+        return self.filter(status=RunStatus.RUNNING, lease_expires_at__lt=now)
+
+
+class WorkflowRun(models.Model):
+    """One execution of a workflow for one trigger event."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    workspace = models.ForeignKey(
+        "eventbus.Workspace", on_delete=models.PROTECT, related_name="runs"
+    )
+    workflow_id = models.CharField(max_length=200)
+    event = models.ForeignKey(
+        "eventbus.Event",
+        on_delete=models.PROTECT,
+        related_name="runs",
+        help_text="The trigger.",
+    )
+    status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED)
+    output = models.JSONField(null=True, blank=True)
+    error = models.JSONField(null=True, blank=True)
+    parent = models.ForeignKey(
+        "self",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="children",
+    )
+    replay_of = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="replays"
+    )
+    attempt = models.PositiveIntegerField(default=0, help_text="Retry number of the current step.")
+    wake_at = models.DateTimeField(null=True, blank=True, help_text="Not to start before.")
+    due_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the dispatcher rings for this run next."
+    )
+    lease_owner = models.CharField(max_length=64, null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = RunQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            # One run per subscribed workflow per event, however often it is delivered.
+            models.UniqueConstraint(
+                fields=["event", "workflow_id"],
+                condition=models.Q(replay_of__isnull=True),
+                name="workflows_run_once_per_event",
+            )
+        ]
+        indexes = [
+            models.Index(
+                fields=["due_at"],
+                condition=models.Q(status__in=["queued", "running", "sleeping", "waiting"]),
+                name="workflows_run_due",
+            ),
+            models.Index(fields=["status", "created_at"], name="workflows_run_status"),
+            models.Index(fields=["workflow_id", "created_at"], name="workflows_run_workflow"),
+            models.Index(fields=["workspace", "created_at"], name="workflows_run_workspace"),
+            models.Index(fields=["created_at"], name="workflows_run_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.workflow_id} {self.id} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        """Whether the run reached a terminal status."""
+        return self.status in TERMINAL_STATUSES
+
+
+class StepResult(models.Model):
+    """The memo of one step of a run: what it returned or how it failed."""
+
+    run = models.ForeignKey(WorkflowRun, on_delete=models.CASCADE, related_name="steps")
+    step_id = models.CharField(max_length=255)
+    key = models.CharField(max_length=40, help_text="SHA-1 memo key of the step id and repeat.")
+    position = models.PositiveIntegerField(help_text="Order of the step in its run.")
+    kind = models.CharField(max_length=16, choices=StepKind.choices)
+    status = models.CharField(max_length=16, choices=StepStatus.choices)
+    output = models.JSONField(null=True, blank=True)
+    error = models.JSONField(null=True, blank=True)
+    attempt = models.PositiveIntegerField(default=0, help_text="Failed tries before this state.")
+    wake_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["run", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "key"], name="workflows_step_unique_key"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.step_id} [{self.kind}] {self.status}"

@@ -1,0 +1,185 @@
+"""The ``@workflow`` decorator, the registry of workflows and trigger matching."""
+
+import importlib
+import re
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings
+from django.utils.module_loading import autodiscover_modules
+
+from workflows import conf
+from workflows.exceptions import UnknownWorkflowError, WorkflowDefinitionError
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-/]{0,199}$")
+_TRIGGER_RE = re.compile(r"^[^\s*\x00-\x1f\x7f]+(/\*)?$")
+
+_registry: dict[str, "Workflow"] = {}
+_index: tuple[dict[str, list["Workflow"]], list[tuple[str, "Workflow"]]] | None = None
+
+
+class Workflow:
+    """A registered workflow: a function of ``ctx`` with its id, triggers and options."""
+
+    def __init__(
+        self,
+        fn: Callable[[Any], Any],
+        *,
+        id: str,
+        triggers: tuple[str, ...],
+        retries: int,
+    ) -> None:
+        self.fn = fn
+        self.id = id
+        self.triggers = triggers
+        self.retries = retries
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", id)
+        self.__module__ = getattr(fn, "__module__", __name__)
+        self.__qualname__ = getattr(fn, "__qualname__", self.__name__)
+
+    def __call__(self, ctx: Any) -> Any:
+        """Call the workflow function directly (as a plain function, without steps memo)."""
+        return self.fn(ctx)
+
+    def __repr__(self) -> str:
+        return f"<Workflow {self.id!r} triggers={list(self.triggers)!r}>"
+
+    def matches(self, name: str) -> bool:
+        """Whether an event called ``name`` triggers this workflow."""
+        return any(_match(pattern, name) for pattern in self.triggers)
+
+
+def _match(pattern: str, name: str) -> bool:
+    if pattern.endswith("/*"):
+        return name.startswith(pattern[:-1]) and len(name) > len(pattern) - 1
+    return pattern == name
+
+
+def workflow(
+    *,
+    id: str,
+    trigger: str | list[str] | tuple[str, ...] | None = None,
+    retries: int | None = None,
+) -> Callable[[Callable[[Any], Any]], Workflow]:
+    """Register a durable workflow.
+
+    ``id`` is stable and unique in the process. ``trigger`` is an event name, a list of
+    them, or ``None`` (started only by ``step.invoke``); ``"agent/*"`` matches every name
+    under ``agent/``. ``retries`` is how often a failing step is retried after its first
+    try (default ``WORKFLOWS["DEFAULT_RETRIES"]``).
+    """
+    if not isinstance(id, str) or not _ID_RE.match(id):
+        raise WorkflowDefinitionError(
+            f"workflow id {id!r} is invalid: use 1-200 characters of letters, digits and "
+            "'_.:-/', starting with a letter or digit"
+        )
+    triggers = _triggers(id, trigger)
+    if retries is None:
+        retries = conf.get().DEFAULT_RETRIES
+    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 100:
+        raise WorkflowDefinitionError(
+            f"workflow {id!r}: retries must be a whole number from 0 to 100, got {retries!r}"
+        )
+
+    def decorate(fn: Callable[[Any], Any]) -> Workflow:
+        if not callable(fn):
+            raise WorkflowDefinitionError(f"workflow {id!r}: @workflow must decorate a function")
+        wf = Workflow(fn, id=id, triggers=triggers, retries=retries)
+        register(wf)
+        return wf
+
+    return decorate
+
+
+def _triggers(id: str, trigger: Any) -> tuple[str, ...]:
+    if trigger is None:
+        return ()
+    items = [trigger] if isinstance(trigger, str) else trigger
+    if not isinstance(items, list | tuple) or not items:
+        raise WorkflowDefinitionError(
+            f"workflow {id!r}: trigger must be an event name, a non-empty list of them, "
+            f"or None; got {trigger!r}"
+        )
+    for item in items:
+        if not isinstance(item, str) or not _TRIGGER_RE.match(item) or len(item) > 255:
+            raise WorkflowDefinitionError(
+                f"workflow {id!r}: trigger {item!r} is not an event name or a 'prefix/*' "
+                "pattern (printable, no spaces, '*' only as a final '/*')"
+            )
+    return tuple(dict.fromkeys(items))
+
+
+def register(wf: Workflow) -> None:
+    """Add ``wf`` to the registry; an id already taken by another function is an error."""
+    global _index
+    existing = _registry.get(wf.id)
+    if existing is not None and _origin(existing) != _origin(wf):
+        raise WorkflowDefinitionError(
+            f"workflow id {wf.id!r} is defined twice: by {_origin(existing)} and by "
+            f"{_origin(wf)}; workflow ids must be unique"
+        )
+    _registry[wf.id] = wf
+    _index = None
+
+
+def unregister(workflow_id: str) -> None:
+    """Remove a workflow from the registry (for tests)."""
+    global _index
+    _registry.pop(workflow_id, None)
+    _index = None
+
+
+def _origin(wf: Workflow) -> str:
+    return f"{wf.fn.__module__}.{getattr(wf.fn, '__qualname__', wf.fn)}"
+
+
+def get(workflow_id: Any) -> Workflow:
+    """Return the workflow registered under ``workflow_id`` (or given as a function)."""
+    if isinstance(workflow_id, Workflow):
+        return workflow_id
+    if not isinstance(workflow_id, str):
+        raise UnknownWorkflowError(
+            f"expected a workflow id (str) or a @workflow function, got "
+            f"{type(workflow_id).__name__}"
+        )
+    try:
+        return _registry[workflow_id]
+    except KeyError:
+        known = ", ".join(sorted(_registry)) or "none"
+        raise UnknownWorkflowError(
+            f"unknown workflow id {workflow_id!r}; registered: {known}"
+        ) from None
+
+
+def all_workflows() -> list[Workflow]:
+    """Every registered workflow, by id."""
+    return [_registry[key] for key in sorted(_registry)]
+
+
+def subscribers(name: str) -> list[Workflow]:
+    """The workflows an event called ``name`` triggers."""
+    global _index
+    if _index is None:
+        exact: dict[str, list[Workflow]] = {}
+        prefixes: list[tuple[str, Workflow]] = []
+        for wf in _registry.values():
+            for pattern in wf.triggers:
+                if pattern.endswith("/*"):
+                    prefixes.append((pattern[:-1], wf))
+                else:
+                    exact.setdefault(pattern, []).append(wf)
+        _index = (exact, prefixes)
+    exact, prefixes = _index
+    found = list(exact.get(name, ()))
+    for prefix, wf in prefixes:
+        if name.startswith(prefix) and len(name) > len(prefix) and wf not in found:
+            found.append(wf)
+    return found
+
+
+def autodiscover() -> None:
+    """Import ``workflows.py`` of every installed app and each of ``WORKFLOWS_MODULES``."""
+    autodiscover_modules("workflows")
+    for module in getattr(settings, "WORKFLOWS_MODULES", ()):
+        importlib.import_module(module)

@@ -1,0 +1,112 @@
+"""Fixtures: real Celery worker processes against the test database, and waiting helpers."""
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_until(
+    predicate: Callable[[], object], timeout: float = 60.0, interval: float = 0.2, what: str = ""
+) -> object:
+    """Poll ``predicate`` until it is truthy; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+class Worker:
+    """A real ``celery -A settings worker`` process (with its dispatcher thread)."""
+
+    def __init__(self, concurrency: int = 2, env: dict[str, str] | None = None) -> None:
+        self.concurrency = concurrency
+        self.extra_env = env or {}
+        self.log = Path(tempfile.mkstemp(prefix="worker-", suffix=".log")[1])
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "Worker":
+        env = dict(os.environ)
+        env.update(
+            DJANGO_SETTINGS_MODULE="tests.settings",
+            WORKFLOWS_TEST_DATABASE_NAME=str(connection.settings_dict["NAME"]),
+            PYTHONPATH=str(ROOT),
+        )
+        env.update(self.extra_env)
+        command = [
+            sys.executable, "-m", "celery", "-A", "settings", "worker",
+            "--loglevel", "INFO", "--concurrency", str(self.concurrency), "--pool", "prefork",
+            "--hostname", f"test-{uuid.uuid4().hex[:8]}@%h",
+            "--without-mingle", "--without-gossip", "--without-heartbeat",
+        ]  # fmt: skip
+        handle = self.log.open("ab")
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        wait_until(
+            lambda: b"ready." in self.log.read_bytes() or self.process.poll() is not None,
+            timeout=60,
+            what="the worker to start",
+        )
+        if self.process.poll() is not None:
+            pytest.fail(f"worker exited at start:\n{self.tail()}")
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool children at once, as a crash would."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        """Stop gracefully (warm shutdown), or kill after a grace period."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def tail(self, lines: int = 60) -> str:
+        """The end of the worker's log."""
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+@pytest.fixture
+def start_worker(transactional_db) -> Iterator[Callable[..., Worker]]:
+    """Start real worker processes; all are stopped at the end of the test."""
+    workers: list[Worker] = []
+
+    def start(**options) -> Worker:
+        worker = Worker(**options).start()
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+    for worker in workers:
+        if os.environ.get("WORKFLOWS_TEST_SHOW_WORKER_LOG"):
+            print(worker.tail(200))
+        worker.log.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def worker(start_worker) -> Worker:
+    """One running worker process."""
+    return start_worker()

@@ -1,0 +1,33 @@
+"""Settings for the test suite: the example project, tuned for fast, bounded tests.
+
+Worker processes started by the tests use these settings too, with the database that
+pytest-django created (``WORKFLOWS_TEST_DATABASE_NAME``).
+"""
+
+import os
+
+# One broker folder and one queue per test session, shared with the worker processes
+# the tests start (they inherit this environment), so parallel runs never mix.
+os.environ.setdefault("EMBEDDED_BROKER_DIR", f"/tmp/workflows-test-broker-{os.getpid()}")
+os.environ.setdefault("CELERY_TASK_DEFAULT_QUEUE", f"workflows-test-{os.getpid()}")
+
+from settings.settings import *  # noqa: F403
+from settings.settings import DATABASES, INSTALLED_APPS
+
+INSTALLED_APPS = [*INSTALLED_APPS, "tests.testapp"]
+WORKFLOWS_MODULES = ["settings.demo_workflows"]
+
+if os.environ.get("WORKFLOWS_TEST_DATABASE_NAME"):
+    # A worker process started by a test: use the test database directly.
+    DATABASES["default"]["NAME"] = os.environ["WORKFLOWS_TEST_DATABASE_NAME"]
+
+WORKFLOWS = {
+    "LEASE_SECONDS": 4.0,
+    "HEARTBEAT_SECONDS": 1.0,
+    "RING_TIMEOUT_SECONDS": 3.0,
+    "ETA_HORIZON_SECONDS": 10.0,
+    "DISPATCH_INTERVAL_SECONDS": 0.2,
+    "RETRY_BASE_SECONDS": 0.2,
+    "RETRY_MAX_SECONDS": 2.0,
+}
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

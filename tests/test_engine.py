@@ -1,0 +1,227 @@
+"""The engine with the in-process driver: memo keys, replays, retries, failures, misuse."""
+
+import hashlib
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+import eventbus
+from eventbus.models import Event, Workspace
+from tests.testapp import workflows as test_workflows
+from tests.testapp.models import LedgerEntry
+from workflows import engine, memo
+from workflows.models import RunStatus, StepResult, StepStatus, WorkflowRun
+from workflows.testing import drain, no_broker
+
+pytestmark = pytest.mark.django_db
+
+
+def start(name, data=None, workspace=None):
+    with no_broker():
+        event_id = eventbus.send(name, data or {}, workspace=workspace)
+    return WorkflowRun.objects.get(event_id=event_id)
+
+
+def finish(run, skip_time=True):
+    drain(skip_time=skip_time)
+    run.refresh_from_db()
+    return run
+
+
+def test_memo_keys_follow_the_contract():
+    assert memo.key_for("fetch") == hashlib.sha1(b"fetch").hexdigest()
+    assert memo.key_for("fetch", 2) == hashlib.sha1(b"fetch:2").hexdigest()
+    counter = memo.Counter()
+    assert [counter.next("a")[0] for _ in range(3)] == [
+        memo.key_for("a"), memo.key_for("a", 1), memo.key_for("a", 2)
+    ]  # fmt: skip
+
+
+def test_steps_run_once_and_a_loop_keeps_one_memo_per_repeat():
+    run = finish(start("test/loop", {"n": 4}))
+    assert run.status == RunStatus.COMPLETED and run.output == {"total": 6}
+    keys = list(run.steps.order_by("position").values_list("key", flat=True))
+    assert keys == [memo.key_for("add", n) for n in range(4)]
+
+
+def test_resumed_run_skips_completed_steps():
+    run = start("test/steps", {"steps": 4, "sleep": 60})
+    drain()  # runs up to the sleep
+    run.refresh_from_db()
+    assert run.status == RunStatus.SLEEPING
+    assert LedgerEntry.objects.count() == 3  # s0, s1, s2 (sleep after index 2)
+    finish(run)
+    assert run.status == RunStatus.COMPLETED
+    assert sorted(LedgerEntry.objects.values_list("step", flat=True)) == ["s0", "s1", "s2", "s3"]
+    assert run.steps.get(step_id="nap").status == StepStatus.COMPLETED
+
+
+def test_memos_load_in_one_query_and_each_new_step_costs_one_transaction():
+    run = start("test/steps", {"steps": 20})
+    with CaptureQueriesContext(connection) as queries:
+        engine.execute(run.pk)
+    run.refresh_from_db()
+    assert run.status == RunStatus.COMPLETED
+    selects_of_steps = [
+        q for q in queries if "workflows_stepresult" in q["sql"] and q["sql"].startswith("SELECT")
+    ]
+    assert len(selects_of_steps) == 1
+    # Per new step the engine issues two statements in one transaction: the lease fence
+    # (UPDATE) and the memo (INSERT). Savepoints only appear because the test itself runs
+    # in a transaction; the step bodies' ledger inserts are not the engine's.
+    engine_statements = [
+        q["sql"]
+        for q in queries
+        if "testapp_ledgerentry" not in q["sql"]
+        and not q["sql"].startswith(("SAVEPOINT", "RELEASE SAVEPOINT"))
+    ]
+    assert len(engine_statements) <= 2 * 20 + 6
+    transactions = [q for q in queries if q["sql"].startswith("SAVEPOINT")]
+    assert len(transactions) <= 20 + 2  # one per step, plus the claim
+
+
+def test_failing_step_is_retried_then_succeeds():
+    run = finish(start("test/flaky", {"fail_times": 2}))
+    assert run.status == RunStatus.COMPLETED and run.output == {"attempt": 2}
+    step = run.steps.get()
+    assert step.status == StepStatus.COMPLETED and step.attempt == 2
+    assert list(LedgerEntry.objects.order_by("id").values_list("attempt", flat=True)) == [0, 1, 2]
+
+
+def test_step_failing_for_good_fails_the_run_with_a_readable_error():
+    run = finish(start("test/fails"))
+    assert run.status == RunStatus.FAILED
+    assert run.error["type"] == "StepError"
+    assert "step 'boom' failed after 2 tries: ValueError: always broken" in run.error["message"]
+    assert "Traceback" in run.error["traceback"]
+    assert LedgerEntry.objects.count() == 2  # first try + 1 retry
+
+
+def test_workflow_may_catch_step_error():
+    run = finish(start("test/fails", {"catch": True}))
+    assert run.status == RunStatus.COMPLETED
+    assert "always broken" in run.output["caught"]
+    assert run.steps.get(step_id="boom").status == StepStatus.FAILED
+
+
+def test_non_retriable_error_is_not_retried():
+    run = finish(start("test/fails", {"kind": "nonretriable"}))
+    assert run.status == RunStatus.FAILED and "card declined" in run.error["message"]
+    assert LedgerEntry.objects.count() == 1
+
+
+def test_retry_after_error_delays_the_retry():
+    run = start("test/fails", {"kind": "retry_after"})
+    drain(skip_time=False)
+    step = StepResult.objects.get(run=run)
+    run.refresh_from_db()
+    assert step.status == StepStatus.RETRYING and run.status == RunStatus.QUEUED
+    assert (step.wake_at - step.updated_at).total_seconds() == pytest.approx(0.3, abs=0.1)
+
+
+def test_replaying_a_failed_step_raises_step_error_again_without_running_it():
+    run = finish(start("test/fails", {"catch": True}))
+    WorkflowRun.objects.filter(pk=run.pk).update(status=RunStatus.QUEUED, output=None)
+    StepResult.objects.filter(run=run, step_id="cleanup").delete()
+    finish(run)
+    assert run.status == RunStatus.COMPLETED
+    assert LedgerEntry.objects.filter(step="boom").count() == 2  # not run again
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("nested", "steps cannot be nested"),
+        ("not-json", "not JSON-serialisable"),
+        ("bad-step-id", "step id must be a non-empty string"),
+        ("int-step-id", "step id must be a string"),
+        ("bad-event", "step.send_event('send'): event name 'has space' is malformed"),
+        ("bad-return", "return value of workflow 't-misuse'"),
+        ("other-workspace", "cannot send into workspace 'other'"),
+    ],
+)
+def test_misuse_fails_the_run_with_a_clear_error(kind, message):
+    Workspace.objects.create(slug="other")
+    run = finish(start("test/misuse", {"kind": kind}))
+    assert run.status == RunStatus.FAILED
+    assert message in run.error["message"]
+    assert Event.objects.filter(workspace__slug="other").count() == 0
+
+
+def test_changed_code_raises_non_determinism_error():
+    run = start("test/shape")
+    engine.execute(run.pk)
+    run.refresh_from_db()
+    assert run.status == RunStatus.COMPLETED
+    WorkflowRun.objects.filter(pk=run.pk).update(status=RunStatus.QUEUED)
+    test_workflows.SHAPE["sleep_first"] = True
+    try:
+        finish(run)
+    finally:
+        test_workflows.SHAPE["sleep_first"] = False
+    assert run.status == RunStatus.FAILED
+    assert run.error["type"] == "NonDeterminismError"
+    assert "recorded as a 'run' step" in run.error["message"]
+
+
+def test_send_event_emits_into_the_runs_workspace_and_not_twice_on_replay():
+    Workspace.objects.create(slug="acme")
+    run = start("test/fanout", {"n": 3}, workspace="acme")
+    drain()
+    children = Event.objects.filter(source_run=run)
+    assert children.count() == 3
+    assert set(children.values_list("workspace__slug", flat=True)) == {"acme"}
+    assert all(e.source_step.step_id == "child" for e in children)
+    # Replay the parent from the start of its memo table: nothing is emitted again.
+    WorkflowRun.objects.filter(pk=run.pk).update(status=RunStatus.QUEUED)
+    drain()
+    assert Event.objects.filter(source_run=run).count() == 3
+    assert WorkflowRun.objects.filter(workflow_id="t-child").count() == 3
+
+
+def test_deferred_send_event_is_scheduled_then_emitted():
+    from eventbus import bus
+
+    run = start("test/fanout", {"n": 0, "deferred": 2, "ts": bus.now_ms() + 3_600_000})
+    drain(skip_time=False)
+    run.refresh_from_db()
+    assert run.status == RunStatus.COMPLETED  # the parent never waits
+    assert Event.objects.filter(status="scheduled").count() == 2
+    drain(skip_time=True)
+    assert WorkflowRun.objects.filter(workflow_id="t-child", status="completed").count() == 2
+
+
+def test_duplicate_execution_of_a_finished_run_is_a_no_op():
+    run = finish(start("test/steps", {"steps": 2}))
+    assert engine.execute(run.pk) == "skipped"
+    assert LedgerEntry.objects.count() == 2
+
+
+def test_run_held_by_a_live_lease_is_not_claimed_twice():
+    from workflows import leases
+
+    run = start("test/steps", {"steps": 1})
+    assert leases.claim(run.pk, "worker-a") is not None
+    assert engine.execute(run.pk) == "skipped"
+
+
+def test_a_zombie_worker_cannot_write_after_losing_its_lease():
+    from workflows import leases
+
+    run = start("test/steps", {"steps": 1})
+    assert leases.claim(run.pk, "zombie") is not None
+    WorkflowRun.objects.filter(pk=run.pk).update(lease_owner="someone-else")
+    memo_row = StepResult(run=run, step_id="x", key="k", position=0, kind="run", status="completed")
+    with pytest.raises(leases.LeaseLost):
+        leases.save_step(run.pk, "zombie", memo_row)
+    assert not StepResult.objects.filter(run=run).exists()
+
+
+def test_sleep_until_and_bad_sleep_arguments():
+    from eventbus import bus
+
+    run = finish(start("test/sleepy", {"until_ms": bus.now_ms() - 1000}), skip_time=False)
+    assert run.status == RunStatus.COMPLETED
+    bad = finish(start("test/sleepy", {"seconds": -5}))
+    assert bad.status == RunStatus.FAILED and "zero or more" in bad.error["message"]

@@ -1,0 +1,186 @@
+"""The event bus: validation, idempotency, transactions, workspaces and fan-out to runs."""
+
+import pytest
+from django.db import transaction
+
+import eventbus
+from eventbus.models import Event, EventStatus, Workspace
+from workflows.models import WorkflowRun
+from workflows.testing import no_broker
+
+pytestmark = pytest.mark.django_db
+
+
+def runs_of(event_id):
+    return sorted(
+        WorkflowRun.objects.filter(event_id=event_id).values_list("workflow_id", flat=True)
+    )
+
+
+def test_send_stores_the_event_and_one_run_per_subscribed_workflow(
+    django_capture_on_commit_callbacks,
+):
+    with no_broker() as rung, django_capture_on_commit_callbacks(execute=True):
+        event_id = eventbus.send("demo/signup.completed", {"userId": "u1", "email": "a@b.c"})
+    event = Event.objects.get(pk=event_id)
+    assert event.status == EventStatus.EMITTED and event.workspace.slug == "default"
+    # Exact subscribers and the "demo/*" wildcard subscriber.
+    assert runs_of(event_id) == ["demo-audit", "demo-lead-score", "demo-onboarding"]
+    assert sorted(rung) == sorted(str(r.pk) for r in WorkflowRun.objects.all())
+
+
+def test_wildcard_and_exact_triggers():
+    with no_broker():
+        a = eventbus.send("test/wild/deep/name")
+        b = eventbus.send("test/exact")
+        c = eventbus.send("test/wild")  # the prefix itself is not "under" it
+    assert runs_of(a) == ["t-wild"] and runs_of(b) == ["t-wild"] and runs_of(c) == []
+
+
+def test_idempotency_key_stores_and_triggers_once():
+    with no_broker():
+        first = eventbus.send("test/exact", {"n": 1}, id="order-1")
+        second = eventbus.send("test/exact", {"n": 2}, id="order-1")
+    assert first == second
+    assert Event.objects.count() == 1 and WorkflowRun.objects.count() == 1
+
+
+def test_idempotency_key_is_per_workspace():
+    Workspace.objects.create(slug="acme")
+    with no_broker():
+        first = eventbus.send("test/exact", id="k")
+        second = eventbus.send("test/exact", id="k", workspace="acme")
+    assert first != second
+    assert WorkflowRun.objects.get(event_id=second).workspace.slug == "acme"
+
+
+def test_batch_with_repeated_keys_and_existing_key():
+    with no_broker():
+        existing = eventbus.send("test/exact", id="a")
+        ids = eventbus.send_batch(
+            [
+                {"name": "test/exact", "id": "a"},
+                {"name": "test/exact", "id": "b"},
+                {"name": "test/exact", "id": "b"},
+                {"name": "test/exact"},
+            ]
+        )
+    assert ids[0] == existing and ids[1] == ids[2] and len(set(ids)) == 3
+    assert Event.objects.count() == 3 and WorkflowRun.objects.count() == 3
+
+
+def test_event_sent_in_a_rolled_back_transaction_does_not_exist():
+    class Boom(Exception):
+        pass
+
+    with no_broker() as rung, pytest.raises(Boom), transaction.atomic():
+        eventbus.send("test/exact")
+        raise Boom
+    assert Event.objects.count() == 0 and WorkflowRun.objects.count() == 0
+    assert rung == []
+
+
+def test_future_ts_is_scheduled_without_runs():
+    with no_broker():
+        event_id = eventbus.send("test/exact", ts=eventbus_now() + 60_000)
+    assert Event.objects.get(pk=event_id).status == EventStatus.SCHEDULED
+    assert WorkflowRun.objects.count() == 0
+
+
+def test_past_ts_is_emitted_at_once():
+    with no_broker():
+        event_id = eventbus.send("test/exact", ts=eventbus_now() - 3_600_000)
+    assert Event.objects.get(pk=event_id).status == EventStatus.EMITTED
+    assert runs_of(event_id) == ["t-wild"]
+
+
+def test_emit_due_emits_each_scheduled_event_once():
+    from eventbus import bus
+
+    with no_broker():
+        event_id = eventbus.send("test/exact", ts=eventbus_now() + 60_000)
+        Event.objects.filter(pk=event_id).update(ts=eventbus_now() - 1)
+        assert bus.emit_due() == 1
+        assert bus.emit_due() == 0
+    assert runs_of(event_id) == ["t-wild"]
+
+
+def test_repeated_delivery_creates_no_second_run():
+    from eventbus import bus
+
+    with no_broker():
+        event_id = eventbus.send("test/exact")
+        bus._deliver(list(Event.objects.filter(pk=event_id)))
+    assert WorkflowRun.objects.filter(event_id=event_id).count() == 1
+
+
+def eventbus_now():
+    from eventbus import bus
+
+    return bus.now_ms()
+
+
+BAD_SENDS = [
+    (dict(name=""), "must not be empty"),
+    (dict(name=None), "must be a string"),
+    (dict(name="has space"), "malformed"),
+    (dict(name="tab\tname"), "malformed"),
+    (dict(name="star/*"), "malformed"),
+    (dict(name="x" * 256), "limit is 255"),
+    (dict(name="ok", data=[1, 2]), "JSON object"),
+    (dict(name="ok", data={"when": object()}), "not JSON-serialisable"),
+    (dict(name="ok", data={"x": float("nan")}), "finite"),
+    (dict(name="ok", data={"x": float("inf")}), "finite"),
+    (dict(name="ok", data={1: "a"}), "keys must be strings"),
+    (dict(name="ok", data={"s": "a\x00b"}), "NUL"),
+    (dict(name="ok", data={"s": "\ud800"}), "surrogate"),
+    (dict(name="ok", data={"big": "x" * (512 * 1024 + 1)}), "limit is 524288 bytes"),
+    (dict(name="ok", ts="soon"), "ts must be a number"),
+    (dict(name="ok", ts=True), "ts must be a number"),
+    (dict(name="ok", ts=-1), "out of range"),
+    (dict(name="ok", ts=float("nan")), "out of range"),
+    (dict(name="ok", ts=10**20), "out of range"),
+    (dict(name="ok", id=""), "non-empty string"),
+    (dict(name="ok", id=5), "non-empty string"),
+    (dict(name="ok", workspace="nope"), "unknown workspace 'nope'"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), BAD_SENDS)
+def test_bad_input_is_refused_before_anything_is_stored(kwargs, message):
+    name = kwargs.pop("name")
+    data = kwargs.pop("data", None)
+    with no_broker(), pytest.raises(eventbus.EventError, match=message.replace("*", r"\*")):
+        eventbus.send(name, data, **kwargs)
+    assert Event.objects.count() == 0 and WorkflowRun.objects.count() == 0
+
+
+def test_deep_nesting_is_refused():
+    data: dict = {}
+    cursor = data
+    for _ in range(100):
+        cursor["a"] = {}
+        cursor = cursor["a"]
+    with pytest.raises(eventbus.EventError, match="nested deeper than 64"):
+        eventbus.send("ok", data)
+
+
+@pytest.mark.parametrize(
+    ("events", "message"),
+    [
+        ([], "must not be empty"),
+        ("test/exact", "must be a list"),
+        ([{"data": {}}], r"events\[0\] has no 'name'"),
+        ([{"name": "ok"}, {"name": "bad name"}], r"events\[1\]: event name"),
+        ([{"name": "ok", "colour": "red"}], "unknown keys"),
+        ([{"name": "ok"}] * 10_001, "at most 10000 events"),
+    ],
+)
+def test_bad_batches_store_nothing(events, message):
+    with no_broker(), pytest.raises(eventbus.EventError, match=message):
+        eventbus.send_batch(events)
+    assert Event.objects.count() == 0
+
+
+def test_event_error_is_a_value_error():
+    assert issubclass(eventbus.EventError, ValueError)

@@ -1,0 +1,141 @@
+"""Building blocks of the read-only admin console, shared by both apps' ``admin.py``.
+
+No operation lives here: actions call :mod:`workflows.services`. This module holds what
+makes the admin safe on large tables (a paginator that never counts a whole table) and
+what makes it readable (status badges, indented JSON, the confirmation page).
+"""
+
+import json
+from typing import Any
+
+from django.contrib import admin, messages
+from django.core.paginator import Paginator
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.functional import cached_property
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+
+#: Colour of each run, step and event status (text is always shown too: colour-blind
+#: readers and screenshots in black and white still get the status).
+STATUS_COLOURS = {
+    "queued": "#6c757d",
+    "running": "#0d6efd",
+    "sleeping": "#6f42c1",
+    "waiting": "#b8860b",
+    "completed": "#198754",
+    "failed": "#dc3545",
+    "cancelled": "#495057",
+    "retrying": "#fd7e14",
+    "scheduled": "#6f42c1",
+    "emitted": "#198754",
+}
+
+
+class CappedPaginator(Paginator):
+    """Counts at most ``CAP`` rows, so a list page never counts a whole large table.
+
+    With ``show_full_result_count = False`` the admin asks only for this count; pages
+    beyond the cap are reached by filtering, which every list offers.
+    """
+
+    CAP = 10_000
+
+    @cached_property
+    def count(self) -> int:
+        """The number of rows, or ``CAP`` if there are at least that many."""
+        if isinstance(self.object_list, QuerySet):
+            # SELECT COUNT(*) FROM (SELECT … LIMIT CAP): bounded work on any table size.
+            return self.object_list[: self.CAP].count()
+        return min(len(self.object_list), self.CAP)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Nothing is added, changed or deleted through the console; everything is seen."""
+
+    paginator = CappedPaginator
+    show_full_result_count = False
+    list_per_page = 50
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        """Rows are written by the engine only."""
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        """Rows are written by the engine only."""
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        """Deleting is retention's job (``purge_runs``), not the console's."""
+        return False
+
+
+def badge(status: str, label: str | None = None) -> SafeString:
+    """A coloured pill showing ``status``."""
+    colour = STATUS_COLOURS.get(status, "#6c757d")
+    return format_html(
+        '<span class="wf-status wf-status-{}" style="background:{};color:#fff;'
+        'padding:1px 7px;border-radius:9px;font-size:11px;white-space:nowrap">{}</span>',
+        status,
+        colour,
+        label or status,
+    )
+
+
+def pretty_json(value: Any) -> SafeString:
+    """``value`` as indented JSON in a ``<pre>`` block."""
+    text = json.dumps(value, indent=2, ensure_ascii=False, default=str)
+    return format_html(
+        '<pre class="wf-json" style="margin:0;white-space:pre-wrap;max-height:40em;'
+        'overflow:auto">{}</pre>',
+        text,
+    )
+
+
+def admin_link(obj: Any, label: Any = None) -> SafeString:
+    """A link to ``obj``'s admin page."""
+    if obj is None:
+        return format_html("{}", "—")
+    opts = obj._meta
+    url = reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[obj.pk])
+    return format_html('<a href="{}">{}</a>', url, label if label is not None else obj)
+
+
+def confirm(
+    request: HttpRequest,
+    model_admin: admin.ModelAdmin,
+    *,
+    title: str,
+    question: str,
+    objects: list[Any],
+    action: str | None = None,
+    button: str = "Yes, do it",
+    step_rows: list[Any] | None = None,
+) -> HttpResponse:
+    """A confirmation page; its form posts back with ``confirmed=yes``.
+
+    With ``action`` it posts to the change list as an admin action (the selected ids are
+    kept); without, it posts to the current URL (an object's own action page).
+    ``step_rows`` adds a step chooser (a radio button per step).
+    """
+    opts = model_admin.model._meta
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "title": title,
+        "question": question,
+        "objects": objects,
+        "action": action,
+        "button": button,
+        "step_rows": step_rows,
+        "opts": opts,
+        "app_label": opts.app_label,
+        "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+    }
+    return TemplateResponse(request, "admin/workflows/confirm.html", context)
+
+
+def report_error(request: HttpRequest, exc: Exception) -> None:
+    """Show a service's refusal to the user."""
+    messages.error(request, str(exc))

@@ -1,0 +1,70 @@
+"""``show_run RUN_ID [--workspace SLUG] [--width N]``."""
+
+import json
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from workflows import services, timeline
+from workflows.console_errors import ConsoleError
+
+
+class Command(BaseCommand):
+    """Print a run and a text timeline of its steps."""
+
+    help = "Show a run: its fields, input, output, error and a timeline of its steps."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        """RUN_ID, a workspace guard and the bar width."""
+        parser.add_argument("run_id", help="the run's id (a UUID)")
+        parser.add_argument(
+            "--workspace", default=None, help="refuse unless the run is in this workspace"
+        )
+        parser.add_argument("--width", type=int, default=40, help="width of the bars")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        """Load and print."""
+        try:
+            run = services.get_run(options["run_id"], workspace=options["workspace"])
+        except ConsoleError as exc:
+            raise CommandError(str(exc)) from None
+        width = max(options["width"], 10)
+        write = self.stdout.write
+        write(f"Run       {run.pk}")
+        write(f"Workflow  {run.workflow_id}")
+        write(f"Status    {run.status}")
+        write(f"Workspace {run.workspace.slug}")
+        write(f"Trigger   {run.event.name} ({run.event_id})")
+        for label, value in (
+            ("Parent", run.parent_id),
+            ("Replay of", run.replay_of_id),
+            ("Created", run.created_at),
+            ("Started", run.started_at),
+            ("Finished", run.finished_at),
+        ):
+            if value:
+                write(f"{label:<9} {value}")
+        write(f"Input     {json.dumps(run.event.data, ensure_ascii=False)}")
+        if run.output is not None:
+            write(f"Output    {json.dumps(run.output, ensure_ascii=False)}")
+        if run.error:
+            write(f"Error     {run.error.get('type')}: {run.error.get('message')}")
+            if run.error.get("traceback"):
+                write(run.error["traceback"].rstrip())
+        steps = list(run.steps.order_by("position"))
+        if not steps:
+            write("Steps     none yet")
+            return
+        tl = timeline.build(run, steps)
+        write("")
+        write(f"Steps ({len(steps)}), axis 0 to {timeline.format_seconds(tl.span)}:")
+        name_width = min(max(len(s.step_id) for s in steps), 30)
+        for row in tl.rows:
+            step = row.step
+            tries = f"x{row.tries}" if row.tries > 1 else ""
+            write(
+                f"{step.position:>4} {step.step_id[:name_width]:<{name_width}} "
+                f"{step.kind:<14} {step.status:<9} {tries:<4} "
+                f"{row.start_label:>9} {row.duration_label:>8} "
+                f"|{timeline.text_bar(row, width)}|"
+            )

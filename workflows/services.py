@@ -1,0 +1,342 @@
+"""Operations on runs and events, shared by the admin, the management commands and tests.
+
+No logic lives in an admin class or a command: both parse their input, call a function
+here and report what it returned. Bad arguments raise a
+:class:`~workflows.console_errors.ConsoleError` (a ``ValueError``) with a message that
+names what was wrong and what is allowed.
+
+Replay semantics: a replay is a *new* run linked to the original by ``replay_of``, with
+the same workflow, workspace and trigger event. The original is never changed. Replaying
+a run that is still active is allowed: both then execute independently (the replay does
+not wait for, or stop, the original; cancel the original first if that is wanted).
+"""
+
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+from django.utils.dateparse import parse_date, parse_datetime
+
+from eventbus.models import Event, EventStatus
+from workflows import conf, doorbell, leases, registry
+from workflows.console_errors import (
+    ConsoleError,
+    MalformedIdError,
+    NotReplayableError,
+    UnknownEventError,
+    UnknownRunError,
+    UnknownStepError,
+    WrongWorkspaceError,
+)
+from workflows.exceptions import UnknownWorkflowError
+from workflows.models import (
+    TERMINAL_STATUSES,
+    RunStatus,
+    StepResult,
+    StepStatus,
+    WorkflowRun,
+)
+
+#: How many valid step ids an ``UnknownStepError`` lists before it abbreviates.
+_MAX_LISTED_STEPS = 30
+
+
+def parse_id(value: Any, what: str = "run") -> uuid.UUID:
+    """``value`` as a UUID, or :class:`MalformedIdError` naming what was expected."""
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value).strip())
+    except (ValueError, AttributeError):
+        raise MalformedIdError(
+            f"{value!r} is not a valid {what} id: expected a UUID such as "
+            "'1b4e28ba-2fa1-11d2-883f-0016d3cca427'"
+        ) from None
+
+
+def get_run(run_id: Any, *, workspace: str | None = None) -> WorkflowRun:
+    """The run ``run_id``; with ``workspace``, it must belong to that workspace."""
+    pk = parse_id(run_id, "run")
+    try:
+        run = WorkflowRun.objects.select_related("workspace", "event").get(pk=pk)
+    except WorkflowRun.DoesNotExist:
+        raise UnknownRunError(f"no run has the id {pk}") from None
+    _check_workspace(run.workspace.slug, workspace, f"run {pk}")
+    return run
+
+
+def get_event(event_id: Any, *, workspace: str | None = None) -> Event:
+    """The event ``event_id``; with ``workspace``, it must belong to that workspace."""
+    pk = parse_id(event_id, "event")
+    try:
+        event = Event.objects.select_related("workspace").get(pk=pk)
+    except Event.DoesNotExist:
+        raise UnknownEventError(f"no event has the id {pk}") from None
+    _check_workspace(event.workspace.slug, workspace, f"event {pk}")
+    return event
+
+
+def _check_workspace(actual: str, expected: str | None, what: str) -> None:
+    if expected is not None and actual != expected:
+        raise WrongWorkspaceError(
+            f"{what} belongs to workspace {actual!r}, not {expected!r}: "
+            "events and runs never cross workspaces"
+        )
+
+
+def _check_registered(workflow_id: str) -> None:
+    try:
+        registry.get(workflow_id)
+    except UnknownWorkflowError:
+        raise NotReplayableError(
+            f"workflow {workflow_id!r} is not registered in this process, so a replay "
+            "could never run; deploy the code that defines it first"
+        ) from None
+
+
+def _new_run(original_event: Event, workflow_id: str, replay_of: WorkflowRun | None):
+    now = timezone.now()
+    return WorkflowRun(
+        id=uuid.uuid4(),
+        workspace_id=original_event.workspace_id,
+        workflow_id=workflow_id,
+        event=original_event,
+        status=RunStatus.QUEUED,
+        replay_of=replay_of,
+        # If the bell is lost, the dispatcher rings again after this (as for new runs).
+        due_at=now + timedelta(seconds=conf.get().RING_TIMEOUT_SECONDS),
+        created_at=now,
+    )
+
+
+def steps_before(run: WorkflowRun, from_step: str) -> tuple[StepResult, list[StepResult]]:
+    """The step ``from_step`` of ``run`` and the completed memos recorded before it.
+
+    ``from_step`` is a step id (its first use in the run) or a memo key (to pick a
+    particular repeat of a step in a loop). Raises :class:`UnknownStepError`, listing the
+    valid step ids, when the run has no such step.
+    """
+    steps = list(StepResult.objects.filter(run=run).order_by("position"))
+    target = next((s for s in steps if s.step_id == from_step), None)
+    if target is None:
+        target = next((s for s in steps if s.key == from_step), None)
+    if target is None:
+        ids = list(dict.fromkeys(s.step_id for s in steps))
+        if not ids:
+            raise UnknownStepError(
+                f"run {run.pk} recorded no steps, so there is no step {from_step!r} to "
+                "replay from; replay the whole run instead"
+            )
+        listed = ", ".join(repr(i) for i in ids[:_MAX_LISTED_STEPS])
+        more = f" (and {len(ids) - _MAX_LISTED_STEPS} more)" if len(ids) > _MAX_LISTED_STEPS else ""
+        raise UnknownStepError(
+            f"run {run.pk} has no step {from_step!r}; its steps are: {listed}{more}"
+        )
+    kept = [s for s in steps if s.position < target.position and s.status == StepStatus.COMPLETED]
+    return target, kept
+
+
+def replay_run(
+    run_id: Any, from_step: str | None = None, *, workspace: str | None = None
+) -> WorkflowRun:
+    """Start a new run of the same workflow and trigger event as ``run_id``; return it.
+
+    With ``from_step``, the completed memos recorded before that step (in the original's
+    order) are copied into the new run, so that work is not done again; the step and
+    everything after it re-run. The original is never changed. The new run is rung once
+    the transaction commits.
+    """
+    original = get_run(run_id, workspace=workspace)
+    _check_registered(original.workflow_id)
+    kept: list[StepResult] = []
+    if from_step is not None:
+        _, kept = steps_before(original, from_step)
+    with transaction.atomic():
+        run = _new_run(original.event, original.workflow_id, original)
+        run.save(force_insert=True)
+        now = run.created_at
+        # Copies took no time in the new run: they sit at its start on the timeline.
+        StepResult.objects.bulk_create(
+            [
+                StepResult(
+                    run=run,
+                    step_id=s.step_id,
+                    key=s.key,
+                    position=s.position,
+                    kind=s.kind,
+                    status=StepStatus.COMPLETED,
+                    output=s.output,
+                    attempt=0,
+                    started_at=now,
+                    finished_at=now,
+                )
+                for s in kept
+            ],
+            batch_size=500,
+        )
+        doorbell.ring_on_commit([run.pk])
+    return run
+
+
+def replay_event(event_id: Any, *, workspace: str | None = None) -> list[WorkflowRun]:
+    """Start one new run per workflow subscribed to the event *now*; return them.
+
+    Each new run's ``replay_of`` is the event's original run of that workflow, if there
+    is one. A workflow subscribed since the event was emitted gets its first run.
+    """
+    event = get_event(event_id, workspace=workspace)
+    if event.status != EventStatus.EMITTED:
+        raise NotReplayableError(
+            f"event {event.pk} is still scheduled (ts={event.ts}); it has triggered "
+            "nothing yet, so there is nothing to replay"
+        )
+    workflows = registry.subscribers(event.name)
+    if not workflows:
+        raise NotReplayableError(
+            f"no workflow is subscribed to {event.name!r} now, so a replay would start nothing"
+        )
+    originals = {
+        run.workflow_id: run
+        for run in WorkflowRun.objects.filter(event=event, replay_of__isnull=True)
+    }
+    with transaction.atomic():
+        runs = [_new_run(event, wf.id, originals.get(wf.id)) for wf in workflows]
+        for run in runs:
+            run.save(force_insert=True)
+        doorbell.ring_on_commit(run.pk for run in runs)
+    return runs
+
+
+def cancel_run(run_id: Any, *, workspace: str | None = None) -> bool:
+    """Cancel an active run; ``False`` if it had already finished."""
+    run = get_run(run_id, workspace=workspace)
+    return leases.cancel(run.pk, reason="cancelled from the console")
+
+
+# --- selecting runs ------------------------------------------------------------------
+
+
+def parse_status(value: str, allowed: Iterable[str] | None = None) -> str:
+    """``value`` if it is a run status (among ``allowed``), else a :class:`ConsoleError`."""
+    allowed = list(allowed if allowed is not None else RunStatus.values)
+    if value not in allowed:
+        raise ConsoleError(f"unknown status {value!r}; use one of: {', '.join(allowed)}")
+    return value
+
+
+def parse_when(value: str, what: str = "--since") -> datetime:
+    """An ISO date or datetime (naive means the current time zone) as an aware datetime."""
+    text = str(value).strip()
+    try:
+        parsed: datetime | date | None = parse_datetime(text) or parse_date(text)
+    except ValueError:
+        parsed = None
+    if parsed is None:
+        raise ConsoleError(
+            f"{what} {value!r} is not an ISO date or datetime; use e.g. 2025-01-31 or "
+            "2025-01-31T14:00:00+00:00"
+        )
+    if not isinstance(parsed, datetime):
+        parsed = datetime.combine(parsed, time.min)
+    if timezone.is_naive(parsed):
+        parsed = timezone.make_aware(parsed)
+    return parsed
+
+
+def select_runs(
+    *,
+    workflow: str | None = None,
+    status: str | None = None,
+    workspace: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+):
+    """Runs matching every given filter, newest first (each filter is index-backed)."""
+    runs = WorkflowRun.objects.all()
+    if workflow:
+        runs = runs.filter(workflow_id=workflow)
+    if status:
+        runs = runs.filter(status=parse_status(status))
+    if workspace:
+        runs = runs.filter(workspace__slug=workspace)
+    if since is not None:
+        runs = runs.filter(created_at__gte=since)
+    if until is not None:
+        runs = runs.filter(created_at__lt=until)
+    return runs.order_by("-created_at")
+
+
+@dataclass
+class ReplayOutcome:
+    """One run of a bulk replay: the new run, or why it was not replayed."""
+
+    original_id: uuid.UUID
+    replay: WorkflowRun | None = None
+    error: str = ""
+
+
+def replay_many(runs, *, limit: int | None = None) -> Iterator[ReplayOutcome]:
+    """Replay each run of the queryset ``runs``, one transaction each; yield outcomes.
+
+    Only ids are read up front (never whole rows), so a large selection does not fill
+    memory; one failing replay does not stop the others.
+    """
+    ids = runs.values_list("pk", flat=True)
+    if limit is not None:
+        ids = ids[:limit]
+    for pk in ids.iterator(chunk_size=1000):
+        try:
+            yield ReplayOutcome(pk, replay=replay_run(pk))
+        except ConsoleError as exc:
+            yield ReplayOutcome(pk, error=str(exc))
+
+
+# --- retention -----------------------------------------------------------------------
+
+
+def purgeable_runs(older_than_days: float, statuses: Iterable[str] | None = None):
+    """Finished runs created more than ``older_than_days`` ago with one of ``statuses``.
+
+    Only finished statuses may be purged: deleting an active run would lose work.
+    """
+    if isinstance(older_than_days, bool) or not isinstance(older_than_days, int | float):
+        raise ConsoleError(f"older_than_days must be a number, got {older_than_days!r}")
+    if older_than_days < 0:
+        raise ConsoleError(f"older_than_days must be 0 or more, got {older_than_days}")
+    terminal = sorted(TERMINAL_STATUSES)
+    chosen = list(statuses) if statuses else terminal
+    for status in chosen:
+        parse_status(status, terminal)
+    cutoff = timezone.now() - timedelta(days=older_than_days)
+    return WorkflowRun.objects.filter(status__in=chosen, created_at__lt=cutoff)
+
+
+def purge_runs(
+    older_than_days: float,
+    statuses: Iterable[str] | None = None,
+    batch_size: int = 500,
+) -> Iterator[int]:
+    """Delete purgeable runs (and their steps) in batches; yield the total after each.
+
+    Each batch reads at most ``batch_size`` ids and deletes them in its own transaction,
+    so the table is never loaded into memory and locks stay short. Events are kept (they
+    are the history of what happened); their ``source_run`` becomes empty.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConsoleError(f"batch_size must be a whole number of 1 or more, got {batch_size!r}")
+    runs = purgeable_runs(older_than_days, statuses)
+    deleted = 0
+    while True:
+        batch = list(runs.order_by("created_at").values_list("pk", flat=True)[:batch_size])
+        if not batch:
+            return
+        with transaction.atomic():
+            # A run that was replayed or invoked keeps its replays and children: their
+            # links are set to NULL by the foreign keys, not deleted with it.
+            WorkflowRun.objects.filter(pk__in=batch).delete()
+        deleted += len(batch)
+        yield deleted

@@ -1,0 +1,136 @@
+"""The timeline of a run: where each step sits on a shared time axis.
+
+Used by the admin (an HTML picture) and by ``show_run`` (a text picture), so both show
+the same thing: one bar per step, from its start to its end (or to now while it is
+still sleeping, waiting or retrying).
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.utils import timezone
+
+from workflows.models import StepKind, StepResult, StepStatus, WorkflowRun
+
+#: One letter per kind, for the text timeline and the picture's legend.
+KIND_MARKS = {
+    StepKind.RUN: "R",
+    StepKind.SEND_EVENT: "E",
+    StepKind.SLEEP: "S",
+    StepKind.INVOKE: "I",
+    StepKind.WAIT_FOR_EVENT: "W",
+}
+#: A bar is never narrower than this (in percent), so an instant step stays visible.
+MIN_WIDTH_PCT = 0.4
+
+
+@dataclass
+class Row:
+    """One step placed on the axis."""
+
+    step: StepResult
+    start: float
+    """Seconds from the start of the axis."""
+    duration: float | None
+    """Seconds; ``None`` while the step is not finished."""
+    left_pct: float
+    width_pct: float
+    tries: int
+    """How many times the step body was tried (1 unless it was retried)."""
+    open: bool
+    """Still going on (sleeping, waiting or retrying): the bar ends at now."""
+
+    @property
+    def start_label(self) -> str:
+        """The start as an offset from the axis origin, e.g. ``+1.2s``."""
+        return "+" + format_seconds(self.start)
+
+    @property
+    def duration_label(self) -> str:
+        """How long the step took (``…`` while it goes on)."""
+        return format_seconds(self.duration)
+
+    @property
+    def mark(self) -> str:
+        """One letter for the step's kind."""
+        return KIND_MARKS.get(self.step.kind, "?")
+
+
+@dataclass
+class Timeline:
+    """The rows of a run's steps and the axis they share."""
+
+    origin: datetime
+    span: float
+    """Seconds covered by the axis (at least a millisecond)."""
+    rows: list[Row] = field(default_factory=list)
+
+    def ticks(self, count: int = 5) -> list[tuple[float, str]]:
+        """``count + 1`` evenly spaced (percent, label) marks of the axis."""
+        return [
+            (100 * i / count, "+" + format_seconds(self.span * i / count)) for i in range(count + 1)
+        ]
+
+
+def build(run: WorkflowRun, steps: Sequence[StepResult], now: datetime | None = None) -> Timeline:
+    """Place ``steps`` (in position order) of ``run`` on one axis."""
+    now = now or timezone.now()
+    starts = [s.started_at for s in steps if s.started_at]
+    origin = min([run.started_at or run.created_at, *starts])
+    ends = [_end(s, now) for s in steps]
+    last = max([run.finished_at or (now if not run.is_finished else origin), *ends, origin])
+    span = max((last - origin).total_seconds(), 0.001)
+    rows = []
+    for step, end in zip(steps, ends, strict=True):
+        start = ((step.started_at or origin) - origin).total_seconds()
+        length = max((end - (step.started_at or origin)).total_seconds(), 0.0)
+        left = 100 * start / span
+        width = max(100 * length / span, MIN_WIDTH_PCT)
+        rows.append(
+            Row(
+                step=step,
+                start=start,
+                duration=length if step.finished_at else None,
+                left_pct=round(min(left, 100 - MIN_WIDTH_PCT), 3),
+                width_pct=round(min(width, 100 - min(left, 100 - MIN_WIDTH_PCT)), 3),
+                tries=step.attempt + (0 if step.status == StepStatus.RETRYING else 1),
+                open=step.finished_at is None,
+            )
+        )
+    return Timeline(origin=origin, span=span, rows=rows)
+
+
+def _end(step: StepResult, now: datetime) -> datetime:
+    if step.finished_at:
+        return step.finished_at
+    # A step that is still going on (sleep, wait, retry backoff) lasts until now; a
+    # sleep that will end later is drawn to its wake-up time when that is closer.
+    return now if step.wake_at is None else max(min(step.wake_at, now), step.started_at)
+
+
+def format_seconds(seconds: float | None) -> str:
+    """A short human duration: ``850ms``, ``12.3s``, ``4m05s``, ``2h10m``, ``3d04h``."""
+    if seconds is None:
+        return "…"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
+
+
+def text_bar(row: Row, width: int = 40) -> str:
+    """The row as a fixed-width bar of characters: ``#`` done, ``~`` open, ``!`` failed."""
+    begin = min(int(row.left_pct * width / 100), width - 1)
+    length = max(1, round(row.width_pct * width / 100))
+    fill = "!" if row.step.status == StepStatus.FAILED else ("~" if row.open else "#")
+    body = (" " * begin + fill * length)[:width]
+    return body.ljust(width)

@@ -13,7 +13,7 @@ from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
-from django.utils.safestring import SafeString
+from django.utils.safestring import SafeString, mark_safe
 
 from eventbus.models import Event, Workspace
 from workflows import registry, services
@@ -169,7 +169,7 @@ class EventAdmin(ReadOnlyAdmin):
         ]
         if not rows:
             return format_html("{}", "none")
-        return format_html_join(format_html("<br>"), "{} {}{}", rows)
+        return format_html_join(mark_safe("<br>"), "{} {}{}", rows)
 
     def has_replay_event_permission(self, request: HttpRequest) -> bool:
         """May replay events (custom permission ``eventbus.replay_event``)."""

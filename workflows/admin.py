@@ -13,18 +13,21 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.loader import render_to_string
 from django.urls import path, reverse
-from django.utils import timezone
-from django.utils.html import format_html, format_html_join
+from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from workflows import registry, services, timeline
+from workflows import services, timeline
 from workflows.admin_console import (
     ReadOnlyAdmin,
+    WorkflowFilter,
     admin_link,
     badge,
     confirm,
+    duration,
+    error_html,
     pretty_json,
     report_error,
+    run_links,
 )
 from workflows.console_errors import ConsoleError
 from workflows.models import StepResult, WorkflowRun
@@ -35,32 +38,6 @@ MAX_BULK_ACTION = 1000
 MAX_TIMELINE_STEPS = 2000
 #: Related rows (children, replays, emitted events) listed on a run's page.
 MAX_RELATED = 50
-
-
-class WorkflowFilter(admin.SimpleListFilter):
-    """Filter by workflow, listing the registered ones (no query on the runs table)."""
-
-    title = "workflow"
-    parameter_name = "workflow_id"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        """The registered workflow ids."""
-        return [(wf.id, wf.id) for wf in registry.all_workflows()]
-
-    def queryset(self, request: HttpRequest, queryset: Any) -> Any:
-        """Runs of the chosen workflow (the ``workflows_run_workflow`` index)."""
-        return queryset.filter(workflow_id=self.value()) if self.value() else queryset
-
-
-def duration(start: Any, end: Any, active: bool) -> str:
-    """``end - start`` as a short text; still counting (to now) when ``active``."""
-    if start is None:
-        return "—"
-    if end is None:
-        if not active:
-            return "—"
-        return timeline.format_seconds((timezone.now() - start).total_seconds()) + "…"
-    return timeline.format_seconds((end - start).total_seconds())
 
 
 @admin.register(WorkflowRun)
@@ -156,7 +133,7 @@ class WorkflowRunAdmin(ReadOnlyAdmin):
     @admin.display(description="children")
     def children_links(self, run: WorkflowRun) -> SafeString:
         """Runs this one invoked."""
-        return _links(run.children.order_by("created_at")[:MAX_RELATED])
+        return run_links(run.children.order_by("created_at")[:MAX_RELATED])
 
     @admin.display(description="replay of")
     def replay_of_link(self, run: WorkflowRun) -> SafeString:
@@ -166,7 +143,7 @@ class WorkflowRunAdmin(ReadOnlyAdmin):
     @admin.display(description="replays")
     def replays(self, run: WorkflowRun) -> SafeString:
         """Runs that replay this one."""
-        return _links(run.replays.order_by("created_at")[:MAX_RELATED])
+        return run_links(run.replays.order_by("created_at")[:MAX_RELATED])
 
     @admin.display(description="input (trigger payload)")
     def input(self, run: WorkflowRun) -> SafeString:
@@ -435,13 +412,6 @@ class StepResultAdmin(ReadOnlyAdmin):
         return error_html(step.error)
 
 
-def _links(runs: Any) -> SafeString:
-    rows = [(admin_link(r, f"{r.workflow_id} {str(r.pk)[:8]}"), badge(r.status)) for r in runs]
-    if not rows:
-        return format_html("{}", "—")
-    return format_html_join(format_html("<br>"), "{} {}", rows)
-
-
 def _bounded(request: HttpRequest, queryset: Any) -> list[WorkflowRun] | None:
     runs = list(queryset[: MAX_BULK_ACTION + 1])
     if len(runs) > MAX_BULK_ACTION:
@@ -452,16 +422,3 @@ def _bounded(request: HttpRequest, queryset: Any) -> list[WorkflowRun] | None:
         )
         return None
     return runs
-
-
-def error_html(error: Any) -> SafeString:
-    """An error record ``{"type", "message", "traceback"}`` as a heading and a traceback."""
-    if not error:
-        return format_html("{}", "—")
-    return format_html(
-        '<strong>{}</strong>: {}<pre class="wf-traceback" style="white-space:pre-wrap;'
-        'max-height:30em;overflow:auto;background:#fff5f5;padding:6px">{}</pre>',
-        error.get("type", "Error"),
-        error.get("message", ""),
-        error.get("traceback", ""),
-    )

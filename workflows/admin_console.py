@@ -14,9 +14,12 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.functional import cached_property
-from django.utils.html import format_html
-from django.utils.safestring import SafeString
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString, mark_safe
+
+from workflows import registry, timeline
 
 #: Colour of each run, step and event status (text is always shown too: colour-blind
 #: readers and screenshots in black and white still get the status).
@@ -139,3 +142,50 @@ def confirm(
 def report_error(request: HttpRequest, exc: Exception) -> None:
     """Show a service's refusal to the user."""
     messages.error(request, str(exc))
+
+
+def duration(start: Any, end: Any, active: bool) -> str:
+    """``end - start`` as a short text; still counting (to now) when ``active``."""
+    if start is None:
+        return "—"
+    if end is None:
+        if not active:
+            return "—"
+        return timeline.format_seconds((timezone.now() - start).total_seconds()) + "…"
+    return timeline.format_seconds((end - start).total_seconds())
+
+
+def run_links(runs: Any) -> SafeString:
+    """Links to ``runs``, each with its status."""
+    rows = [(admin_link(r, f"{r.workflow_id} {str(r.pk)[:8]}"), badge(r.status)) for r in runs]
+    if not rows:
+        return format_html("{}", "—")
+    return format_html_join(mark_safe("<br>"), "{} {}", rows)
+
+
+def error_html(error: Any) -> SafeString:
+    """An error record ``{"type", "message", "traceback"}`` as a heading and a traceback."""
+    if not error:
+        return format_html("{}", "—")
+    return format_html(
+        '<strong>{}</strong>: {}<pre class="wf-traceback" style="white-space:pre-wrap;'
+        'max-height:30em;overflow:auto;background:#fff5f5;padding:6px">{}</pre>',
+        error.get("type", "Error"),
+        error.get("message", ""),
+        error.get("traceback", ""),
+    )
+
+
+class WorkflowFilter(admin.SimpleListFilter):
+    """Filter by workflow, listing the registered ones (no query on the runs table)."""
+
+    title = "workflow"
+    parameter_name = "workflow_id"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        """The registered workflow ids."""
+        return [(wf.id, wf.id) for wf in registry.all_workflows()]
+
+    def queryset(self, request: HttpRequest, queryset: Any) -> Any:
+        """Runs of the chosen workflow (the ``workflows_run_workflow`` index)."""
+        return queryset.filter(workflow_id=self.value()) if self.value() else queryset

@@ -1,0 +1,224 @@
+"""The management commands: thin wrappers over the services, with clear errors."""
+
+import uuid
+from datetime import timedelta
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.utils import timezone
+
+import eventbus
+from eventbus.models import Event, Workspace
+from tests import admin_workflows
+from workflows import testing
+from workflows.models import RunStatus, WorkflowRun
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def _reset():
+    admin_workflows.CALLS.clear()
+    admin_workflows.FLAKY["fail"] = True
+    yield
+    admin_workflows.FLAKY["fail"] = True
+
+
+def run(*args: str) -> str:
+    out = StringIO()
+    call_command(*args, stdout=out, stderr=StringIO())
+    return out.getvalue()
+
+
+def failed_run() -> WorkflowRun:
+    eventbus.send("adm/flaky", {"order": 1})
+    testing.drain(skip_time=True)
+    return WorkflowRun.objects.get(workflow_id="adm-flaky")
+
+
+def test_send_event_stores_and_triggers():
+    out = run("send_event", "adm/steps", "--data", '{"n": 5}', "--id", "k1")
+    event = Event.objects.get(idempotency_key="k1")
+    assert str(event.pk) in out and event.data == {"n": 5}
+    assert "triggered adm-steps" in out
+    # The same idempotency key returns the first event and triggers nothing new.
+    again = run("send_event", "adm/steps", "--data", '{"n": 6}', "--id", "k1")
+    assert again.splitlines()[0] == str(event.pk)
+    assert WorkflowRun.objects.filter(workflow_id="adm-steps").count() == 1
+
+
+def test_send_event_deferred_with_ts():
+    ts = int((timezone.now() + timedelta(hours=1)).timestamp() * 1000)
+    run("send_event", "adm/steps", "--ts", str(ts))
+    assert Event.objects.get().status == "scheduled"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data", "{not json"], "--data is not valid JSON"),
+        (["--data", "[1, 2"], "--data is not valid JSON"),
+        (["--ts", "soon"], "--ts must be a number"),
+        (["--workspace", "nowhere"], "unknown workspace 'nowhere'"),
+    ],
+)
+def test_send_event_bad_arguments(args, message):
+    with pytest.raises(CommandError, match=message):
+        run("send_event", "adm/steps", *args)
+    assert not Event.objects.exists()
+
+
+def test_send_event_bad_name():
+    with pytest.raises(CommandError):
+        run("send_event", "  ")
+
+
+def test_replay_run_and_from_step():
+    original = failed_run()
+    admin_workflows.FLAKY["fail"] = False
+    out = run("replay_run", str(original.pk))
+    assert "Replayed run" in out
+    out = run("replay_run", str(original.pk), "--from-step", "charge")
+    new_id = out.splitlines()[0]
+    replay = WorkflowRun.objects.get(pk=new_id)
+    assert replay.replay_of_id == original.pk
+    assert "keeping 2 step(s)" in out
+    testing.drain(skip_time=True)
+    replay.refresh_from_db()
+    assert replay.status == RunStatus.COMPLETED
+
+
+BAD_IDS = [
+    ("not-a-uuid", "is not a valid"),
+    (str(uuid.UUID(int=1)), "no (run|event) has the id"),
+]
+
+
+@pytest.mark.parametrize("command", ["replay_run", "cancel_run", "show_run", "replay_event"])
+@pytest.mark.parametrize(("value", "message"), BAD_IDS)
+def test_unknown_and_malformed_ids(command, value, message):
+    with pytest.raises(CommandError, match=message):
+        run(command, value)
+
+
+@pytest.mark.parametrize("command", ["replay_run", "cancel_run", "show_run"])
+def test_wrong_workspace(command):
+    original = failed_run()
+    Workspace.objects.create(slug="acme")
+    with pytest.raises(CommandError, match="belongs to workspace 'default', not 'acme'"):
+        run(command, str(original.pk), "--workspace", "acme")
+
+
+def test_replay_event_wrong_workspace():
+    event_id = eventbus.send("adm/steps", {})
+    Workspace.objects.create(slug="acme")
+    with pytest.raises(CommandError, match="not 'acme'"):
+        run("replay_event", event_id, "--workspace", "acme")
+
+
+def test_replay_run_unknown_step_lists_the_valid_ones():
+    original = failed_run()
+    with pytest.raises(CommandError, match="has no step 'charg'; its steps are: 'prepare'"):
+        run("replay_run", str(original.pk), "--from-step", "charg")
+    assert not WorkflowRun.objects.filter(replay_of=original).exists()
+
+
+def test_replay_run_argument_combinations():
+    with pytest.raises(CommandError, match="give a RUN_ID"):
+        run("replay_run")
+    with pytest.raises(CommandError, match="not both"):
+        run("replay_run", str(uuid.uuid4()), "--status", "failed")
+    with pytest.raises(CommandError, match="--from-step needs a RUN_ID"):
+        run("replay_run", "--status", "failed", "--from-step", "x")
+    with pytest.raises(CommandError, match="unknown status 'broke'"):
+        run("replay_run", "--status", "broke")
+    with pytest.raises(CommandError, match="not an ISO date"):
+        run("replay_run", "--status", "failed", "--since", "last tuesday")
+
+
+def test_bulk_replay_shows_progress_and_summary():
+    for n in range(3):
+        eventbus.send("adm/flaky", {"n": n})
+    testing.drain(skip_time=True)
+    since = (timezone.now() - timedelta(hours=1)).isoformat()
+    dry = run("replay_run", "--workflow", "adm-flaky", "--status", "failed", "--dry-run")
+    assert "Would replay 3 run(s)." in dry
+    out = run("replay_run", "--workflow", "adm-flaky", "--status", "failed", "--since", since)
+    assert "[1/3]" in out and "[3/3]" in out
+    assert "Replayed 3 of 3 run(s); 0 failed." in out
+    assert WorkflowRun.objects.filter(replay_of__isnull=False).count() == 3
+
+
+def test_replay_event_command():
+    event_id = eventbus.send("adm/steps", {"n": 1})
+    out = run("replay_event", event_id)
+    assert "Started 1 run(s)." in out and "replay of" in out
+
+
+def test_cancel_run_command():
+    eventbus.send("adm/steps", {"n": 1})
+    active = WorkflowRun.objects.get()
+    assert "Cancelled run" in run("cancel_run", str(active.pk))
+    with pytest.raises(CommandError, match="had already finished"):
+        run("cancel_run", str(active.pk))
+
+
+def test_list_runs_table_and_filters():
+    failed_run()
+    eventbus.send("adm/steps", {"n": 1})
+    out = run("list_runs")
+    assert out.splitlines()[0].split() == [
+        "ID", "WORKFLOW", "STATUS", "WORKSPACE", "CREATED", "DURATION", "ATTEMPT",
+    ]  # fmt: skip
+    assert "adm-flaky" in out and "adm-steps" in out
+    out = run("list_runs", "--status", "failed")
+    assert "adm-flaky" in out and "adm-steps" not in out
+    assert "No runs match." in run("list_runs", "--workflow", "unknown-wf")
+    with pytest.raises(CommandError, match="unknown status 'nope'; use one of: queued"):
+        run("list_runs", "--status", "nope")
+    with pytest.raises(CommandError, match="unknown workspace 'zzz'"):
+        run("list_runs", "--workspace", "zzz")
+
+
+def test_show_run_prints_a_timeline():
+    original = failed_run()
+    out = run("show_run", str(original.pk))
+    assert "Status    failed" in out
+    assert "card declined" in out and "Traceback" in out
+    lines = [line for line in out.splitlines() if line.rstrip().endswith("|")]
+    assert len(lines) == 3
+    assert "charge" in lines[2] and "failed" in lines[2] and "x2" in lines[2] and "!" in lines[2]
+
+
+def test_purge_runs_command():
+    for n in range(3):
+        eventbus.send("adm/flaky", {"n": n})
+    testing.drain(skip_time=True)
+    WorkflowRun.objects.update(created_at=timezone.now() - timedelta(days=10))
+    assert "Would delete 3 run(s)." in run("purge_runs", "--older-than", "7", "--dry-run")
+    out = run("purge_runs", "--older-than", "7", "--status", "failed", "--batch-size", "2")
+    assert "deleted 2/3 run(s)" in out and "Purged 3 run(s)." in out
+    assert not WorkflowRun.objects.exists()
+    with pytest.raises(CommandError, match="use one of: cancelled, completed, failed"):
+        run("purge_runs", "--older-than", "7", "--status", "queued")
+    with pytest.raises(CommandError):
+        run("purge_runs", "--older-than", "soon")
+    with pytest.raises(CommandError, match="older_than_days must be 0 or more"):
+        run("purge_runs", "--older-than", "-1")
+
+
+def test_a_bad_argument_exits_non_zero_from_the_shell():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {"DJANGO_SETTINGS_MODULE": "tests.settings", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        [sys.executable, "manage.py", "send_event", "adm/steps", "--data", "{oops"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "CommandError: --data is not valid JSON" in done.stderr

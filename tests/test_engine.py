@@ -225,3 +225,25 @@ def test_sleep_until_and_bad_sleep_arguments():
     assert run.status == RunStatus.COMPLETED
     bad = finish(start("test/sleepy", {"seconds": -5}))
     assert bad.status == RunStatus.FAILED and "zero or more" in bad.error["message"]
+
+
+def test_run_of_a_workflow_unknown_to_this_worker_is_deferred_not_failed():
+    run = start("test/steps", {"steps": 1})
+    WorkflowRun.objects.filter(pk=run.pk).update(workflow_id="deployed-elsewhere")
+    assert engine.execute(run.pk) == "deferred"
+    run.refresh_from_db()
+    assert run.status == RunStatus.QUEUED and run.wake_at is not None
+
+
+def test_context_carries_the_event_run_and_workspace():
+    Workspace.objects.create(slug="acme")
+    run = finish(start("test/wild/x", {"k": 1}, workspace="acme"))
+    assert run.output == {"name": "test/wild/x"}
+    from workflows.context import Context
+    from workflows.engine import Execution
+    from workflows.registry import get
+
+    ctx = Context(Execution(run, get("t-wild"), "token"))
+    assert ctx.run_id == str(run.pk) and ctx.workspace == "acme"
+    assert ctx.event.name == "test/wild/x" and ctx.event.data == {"k": 1}
+    assert isinstance(ctx.event.ts, int) and ctx.attempt == 0

@@ -72,6 +72,7 @@ class Event(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        permissions = [("replay_event", "Can replay events")]
         constraints = [
             models.UniqueConstraint(
                 fields=["workspace", "idempotency_key"],

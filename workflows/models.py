@@ -121,6 +121,7 @@ class WorkflowRun(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        permissions = [("replay_run", "Can replay runs"), ("cancel_run", "Can cancel runs")]
         constraints = [
             # One run per subscribed workflow per event, however often it is delivered.
             models.UniqueConstraint(

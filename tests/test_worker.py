@@ -149,3 +149,14 @@ def test_sigkill_mid_run_loses_nothing_and_repeats_no_committed_step(start_worke
     assert all(int(e.emitted_at.timestamp() * 1000) >= e.ts for e in deferred)
     assert WorkflowRun.objects.filter(workflow_id="t-child").count() == 6
     print(f"recovered {unfinished} unfinished runs in {recovery:.1f}s")
+
+
+def test_a_step_longer_than_the_lease_is_not_taken_over(start_worker):
+    # Two workers; the step takes longer than LEASE_SECONDS (4 s in tests). The
+    # heartbeat keeps the lease, so the dispatcher never hands the run to the other one.
+    start_worker(concurrency=1)
+    start_worker(concurrency=1)
+    eventbus.send("test/steps", {"steps": 1, "step_seconds": 7})
+    wait_until(all_finished(), timeout=60, what="the long step")
+    assert WorkflowRun.objects.get().status == RunStatus.COMPLETED
+    assert LedgerEntry.objects.count() == 1

@@ -1,0 +1,339 @@
+"""The three contenders, each able to run the workloads it has a peer for.
+
+A peer starts its own workers for each workload (``workers()``), so every workload
+begins from idle processes and the memory figures are comparable. Every method returns
+plain figures in seconds or bytes; :mod:`bench.__main__` turns them into the report.
+"""
+
+import contextlib
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+from bench import config, marks, procs, stats
+
+READY_TIMEOUT = 120.0
+
+
+def channel(prefix: str) -> str:
+    """A fresh notification channel name."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def wait_marks(label: str, count: int, timeout: float) -> bool:
+    """Wait until ``count`` distinct keys of ``label`` have a row."""
+
+    def done() -> bool:
+        row = (
+            marks.connection()
+            .execute("SELECT count(DISTINCT key) FROM bench_mark WHERE label = %s", (label,))
+            .fetchone()
+        )
+        return row[0] >= count
+
+    return procs.wait_until(done, timeout, interval=0.05)
+
+
+def wait_marks_or_stall(label: str, count: int, stall: float, cap: float) -> bool:
+    """Wait until ``count`` keys of ``label`` have a row, while rows keep arriving.
+
+    Late work is not missed work: give up only when no new row arrived for ``stall``
+    seconds (or after ``cap`` seconds in all).
+    """
+    deadline = time.monotonic() + cap
+    seen, last_change = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        got = (
+            marks.connection()
+            .execute("SELECT count(DISTINCT key) FROM bench_mark WHERE label = %s", (label,))
+            .fetchone()[0]
+        )
+        if got >= count:
+            return True
+        if got != seen:
+            seen, last_change = got, time.monotonic()
+        elif time.monotonic() - last_change > stall:
+            return False
+        time.sleep(0.2)
+    return False
+
+
+def read_marks(label: str) -> list[tuple[int, float]]:
+    """Every (key, time) row of ``label``."""
+    return (
+        marks.connection()
+        .execute("SELECT key, t FROM bench_mark WHERE label = %s ORDER BY t", (label,))
+        .fetchall()
+    )
+
+
+def deferred_figures(label: str, due: dict[int, float]) -> dict:
+    """Lateness, early runs, duplicates and misses of the deferred keys ``due`` (key: s)."""
+    rows = read_marks(label)
+    first: dict[int, float] = {}
+    for key, t in rows:
+        first.setdefault(key, t)
+    lateness = [first[k] - due[k] for k in first if k in due]
+    return {
+        "lateness": stats.latency(lateness),
+        "early": sum(1 for x in lateness if x < 0),
+        "duplicates": len(rows) - len(first),
+        "misses": len(set(due) - set(first)),
+    }
+
+
+def schedule(count: int, spread_s: float) -> tuple[float, list[float]]:
+    """Due times of ``count`` deferred items over ``spread_s`` seconds, after a lead.
+
+    The lead leaves time to hand every item over before the first one is due.
+    """
+    lead = 2.0 + count / 2500
+    start = time.time() + lead
+    return lead, [start + spread_s * k / count for k in range(count)]
+
+
+class Ours:
+    """This project: a Celery worker with ``-c workers`` prefork processes."""
+
+    name = "ours"
+
+    def __init__(self) -> None:
+        from django.db import connection
+
+        from eventbus import send, send_batch
+        from workflows.models import RunStatus, WorkflowRun
+
+        self.connection = connection
+        self.send, self.send_batch = send, send_batch
+        self.RunStatus, self.WorkflowRun = RunStatus, WorkflowRun
+        self.procs: list[subprocess.Popen] = []
+
+    @contextlib.contextmanager
+    def workers(self, count: int) -> Iterator[None]:
+        """Run ``count`` worker processes (one prefork worker) while inside."""
+        proc = procs.celery_worker(
+            "settings", config.WF_QUEUE, count, DJANGO_SETTINGS_MODULE="bench.settings"
+        )
+        self.procs = [proc]
+        try:
+            ch = channel("ours-ready")
+            self.send("bench/latency", {"channel": ch})
+            marks.wait(ch, READY_TIMEOUT)
+            yield
+        finally:
+            procs.stop(proc)
+            self.procs = []
+
+    def _wait_run(self, event_id: str, timeout: float = 300.0):
+        runs = self.WorkflowRun.objects.filter(event_id=event_id)
+        finished = ("completed", "failed", "cancelled")
+        if not procs.wait_until(
+            lambda: runs.filter(status__in=finished).exists(), timeout, interval=0.02
+        ):
+            raise TimeoutError(f"the run of event {event_id} did not finish in {timeout}s")
+        run = runs.get()
+        if run.status != self.RunStatus.COMPLETED:
+            raise RuntimeError(f"run {run.pk} ended {run.status}: {run.error}")
+        return run
+
+    def w1(self, n: int, reps: int) -> list[float]:
+        """Seconds per run of ``n`` steps (claim to completion), ``reps`` times."""
+        self._wait_run(self.send("bench/steps.requested", {"n": 5}))  # warm-up
+        times = []
+        for _ in range(reps):
+            run = self._wait_run(self.send("bench/steps.requested", {"n": n}))
+            times.append((run.finished_at - run.started_at).total_seconds())
+        return times
+
+    def w2(self, n: int, label: str) -> float:
+        """Seconds from sending the fan-out trigger to the last leaf's row."""
+        t0 = time.time()
+        self.send("bench/fanout.requested", {"label": label, "n": n})
+        if not wait_marks(label, n, timeout=300):
+            raise TimeoutError(f"fan-out {label}: not all {n} leaves ran")
+        return max(t for _, t in read_marks(label)) - t0
+
+    def w3(self, count: int) -> list[float]:
+        """Seconds from ``send`` to the first step's start, ``count`` times in a row."""
+        ch = channel("ours-w3")
+        samples = []
+        for _ in range(count):
+            t0 = time.time()
+            self.send("bench/latency", {"channel": ch})
+            samples.append(marks.wait(ch) - t0)
+        return samples
+
+    def w4(self, count: int, spread_s: float, label: str) -> tuple[dict[int, float], float]:
+        """Send ``count`` deferred events; return their due times and the last one."""
+        _, due = schedule(count, spread_s)
+        for lo in range(0, count, 1000):
+            self.send_batch(
+                [
+                    {
+                        "name": "bench/deferred",
+                        "data": {"label": label, "k": k},
+                        "ts": int(due[k] * 1000),
+                    }
+                    for k in range(lo, min(lo + 1000, count))
+                ]
+            )
+        return {k: int(due[k] * 1000) / 1000 for k in range(count)}, due[-1]
+
+    def w5(self, count: int) -> None:
+        """Park ``count`` runs in a long sleep and wait until they all sleep."""
+        for lo in range(0, count, 1000):
+            self.send_batch([{"name": "bench/park", "data": {}}] * min(1000, count - lo))
+        parked = self.WorkflowRun.objects.filter(workflow_id="bench-park", status="sleeping")
+        if not procs.wait_until(lambda: parked.count() >= count, 600, interval=0.25):
+            raise TimeoutError(f"not all {count} runs were parked")
+
+    def table_footprint(self) -> dict:
+        """Rows and bytes of the engine's tables."""
+        tables = ["eventbus_event", "workflows_workflowrun", "workflows_stepresult"]
+        with self.connection.cursor() as cursor:
+            rows = 0
+            size = 0
+            for table in tables:
+                cursor.execute(f"SELECT count(*), pg_total_relation_size('{table}') FROM {table}")
+                r, s = cursor.fetchone()
+                rows += r
+                size += s
+        return {"rows": rows, "bytes": size}
+
+
+class CeleryPeer:
+    """Plain Celery: a worker with ``-c workers`` prefork processes, not durable."""
+
+    name = "celery"
+
+    def __init__(self) -> None:
+        from bench import celery_peer
+
+        self.tasks = celery_peer
+        self.procs: list[subprocess.Popen] = []
+
+    @contextlib.contextmanager
+    def workers(self, count: int) -> Iterator[None]:
+        """Run ``count`` worker processes (one prefork worker) while inside."""
+        proc = procs.celery_worker("bench.celery_peer", config.CELERY_QUEUE, count)
+        self.procs = [proc]
+        try:
+            ch = channel("celery-ready")
+            self.tasks.notify.apply_async((ch,))
+            marks.wait(ch, READY_TIMEOUT)
+            yield
+        finally:
+            procs.stop(proc)
+            self.procs = []
+
+    def w1(self, n: int, reps: int) -> list[float]:
+        """Seconds per chain of ``n`` tasks (publish to the last task's start)."""
+        from celery import chain
+
+        times = []
+        for rep in range(reps + 1):
+            ch = channel("celery-w1")
+            links = [self.tasks.noop.si(i) for i in range(n - 1)]
+            flow = chain(*links, self.tasks.notify.si(ch))
+            t0 = time.time()
+            flow.apply_async()
+            elapsed = marks.wait(ch, 300) - t0
+            if rep:  # the first is a warm-up
+                times.append(elapsed)
+        return times
+
+    def w2(self, n: int, label: str) -> float:
+        """Seconds from publishing ``n`` one-row tasks to the last row."""
+        t0 = time.time()
+        for k in range(n):
+            self.tasks.mark.apply_async((label, k))
+        if not wait_marks(label, n, timeout=300):
+            raise TimeoutError(f"celery {label}: not all {n} tasks ran")
+        return max(t for _, t in read_marks(label)) - t0
+
+    def w3(self, count: int) -> list[float]:
+        """Seconds from ``.delay`` to the task's start, ``count`` times in a row."""
+        ch = channel("celery-w3")
+        samples = []
+        for _ in range(count):
+            t0 = time.time()
+            self.tasks.notify.delay(ch)
+            samples.append(marks.wait(ch) - t0)
+        return samples
+
+    def w4(self, count: int, spread_s: float, label: str) -> tuple[dict[int, float], float]:
+        """Publish ``count`` one-row tasks with an ``eta``; return their due times."""
+        _, due = schedule(count, spread_s)
+        for k in range(count):
+            self.tasks.mark.apply_async((label, k), eta=datetime.fromtimestamp(due[k], tz=UTC))
+        return dict(enumerate(due)), due[-1]
+
+
+class DbosPeer:
+    """DBOS Transact: ``workers`` DBOS processes dequeueing one queue."""
+
+    name = "dbos"
+
+    def __init__(self) -> None:
+        from dbos import DBOSClient
+
+        self.client_class = DBOSClient
+        self.client = None
+        self.procs: list[subprocess.Popen] = []
+
+    @contextlib.contextmanager
+    def workers(self, count: int) -> Iterator[None]:
+        """Run ``count`` DBOS worker processes while inside."""
+        ready = channel("dbos-ready")
+        self.procs = [
+            procs.start(["-m", "bench.dbos_peer", "worker"], BENCH_READY=ready)
+            for _ in range(count)
+        ]
+        try:
+            for _ in range(count):
+                marks.wait(ready, READY_TIMEOUT)
+            if self.client is None:
+                self.client = self.client_class(
+                    system_database_url=config.DBOS_URL, application_name=config.DBOS_APP
+                )
+            yield
+        finally:
+            for proc in self.procs:
+                procs.stop(proc)
+            self.procs = []
+
+    def _in_process(self, *args: int) -> dict:
+        out = subprocess.run(
+            [config.PYTHON, "-m", "bench.dbos_peer", *map(str, args)],
+            cwd=config.ROOT,
+            env=procs._env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        for line in out.stdout.splitlines():
+            if line.startswith("BENCH-RESULT "):
+                return json.loads(line.removeprefix("BENCH-RESULT "))
+        raise RuntimeError(f"the DBOS peer failed: {out.stderr[-2000:]}")
+
+    def w1(self, n: int, reps: int) -> list[float]:
+        """Seconds per synchronous workflow of ``n`` steps, in-process."""
+        return self._in_process("w1", n, reps)["seconds"]
+
+    def w2(self, n: int, label: str) -> float:
+        """Seconds from enqueueing ``n`` one-step workflows to the last row."""
+        options = {"queue_name": config.DBOS_QUEUE, "workflow_name": "bench_leaf"}
+        t0 = time.time()
+        for k in range(n):
+            self.client.enqueue(options, label, k)
+        if not wait_marks(label, n, timeout=300):
+            raise TimeoutError(f"dbos {label}: not all {n} workflows ran")
+        return max(t for _, t in read_marks(label)) - t0
+
+    def w3(self, count: int) -> list[float]:
+        """Seconds from ``start_workflow`` to the first step's start, in-process."""
+        return self._in_process("w3", count)["latencies"]

@@ -182,6 +182,19 @@ class Ours:
             )
         return {k: int(due[k] * 1000) / 1000 for k in range(count)}, due[-1]
 
+    def emission_lateness(self) -> dict:
+        """How late the dispatcher emitted the deferred events (``emitted_at`` − ``ts``).
+
+        Tells the dispatcher's share of the lateness from the backlog of runs waiting
+        for a worker.
+        """
+        with self.connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT extract(epoch FROM emitted_at) - ts / 1000.0 FROM eventbus_event "
+                "WHERE name = 'bench/deferred' AND emitted_at IS NOT NULL"
+            )
+            return stats.latency([float(r[0]) for r in cursor.fetchall()])
+
     def w5(self, count: int) -> None:
         """Park ``count`` runs in a long sleep and wait until they all sleep."""
         for lo in range(0, count, 1000):

@@ -183,6 +183,21 @@ def rows(results: dict) -> list[tuple[str, str, str, str, str]]:
                     *(_num(_get(w4, p, "lateness", q), "{:.3f} s") for p in PEERS),
                 )
             )
+        table.append(
+            (
+                "W4",
+                "  of which emission (p50/p99)",
+                *(
+                    "/".join(
+                        _num(_get(w4, p, "emission_lateness", q), "{:.3f} s")
+                        for q in ("p50", "p99")
+                    )
+                    if _get(w4, p, "emission_lateness")
+                    else "-"
+                    for p in PEERS
+                ),
+            )
+        )
         for key in ("duplicates", "misses", "early"):
             table.append(("W4", key, *(_num(_get(w4, p, key), "{}") for p in PEERS)))
         table.append(

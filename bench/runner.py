@@ -197,6 +197,8 @@ def w4(contender, sizes: Sizes, workers: int) -> dict:
             peers.wait_marks_or_stall(label, sizes.w4_events, stall=20.0, cap=300.0)
             time.sleep(2.0)  # let any duplicate land
         figures = peers.deferred_figures(label, due)
+        if hasattr(contender, "emission_lateness"):
+            figures["emission_lateness"] = contender.emission_lateness()
     figures.update(
         {
             "events": sizes.w4_events,

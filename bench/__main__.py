@@ -34,7 +34,8 @@ def _interrupt(signum: int, _frame) -> None:
 def main(argv: list[str]) -> int:
     """Run the bench; 0 if it ran (whatever the figures say)."""
     args = _parse(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
+    for sig in (signal.SIGTERM, signal.SIGINT):  # SIGINT too: a background job ignores it
+        signal.signal(sig, _interrupt)
     sizes = runner.QUICK if args.quick else runner.FULL
     if args.reps or args.fanout:
         sizes = runner.Sizes(

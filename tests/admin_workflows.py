@@ -49,3 +49,11 @@ def many(ctx):
     for i in range(ctx.event.data.get("count", 200)):
         total += ctx.step.run("item", lambda i=i: i)
     return {"total": total}
+
+
+def fresh_state():
+    """Fixture body: clear the recorded calls and make ``adm-flaky`` fail, before and after."""
+    CALLS.clear()
+    FLAKY["fail"] = True
+    yield
+    FLAKY["fail"] = True

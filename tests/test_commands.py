@@ -20,10 +20,7 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture(autouse=True)
 def _reset():
-    admin_workflows.CALLS.clear()
-    admin_workflows.FLAKY["fail"] = True
-    yield
-    admin_workflows.FLAKY["fail"] = True
+    yield from admin_workflows.fresh_state()
 
 
 def run(*args: str) -> str:

@@ -11,7 +11,6 @@ in one query; each new step costs one commit. Outcomes:
   worker resumes the run.
 """
 
-import json
 import logging
 import uuid
 from contextlib import nullcontext
@@ -20,12 +19,12 @@ from typing import Any
 
 from django.utils import timezone
 
-from eventbus import bus, validation
+from eventbus import bus
 from workflows import conf, errors, heartbeat, leases, memo, registry
 from workflows.context import Context, RunLogger
 from workflows.exceptions import UnknownWorkflowError
 from workflows.models import RunStatus, StepResult, WorkflowRun
-from workflows.steps import EngineInterrupt, Suspend
+from workflows.steps import EngineInterrupt, Suspend, to_json
 
 logger = logging.getLogger("workflows.engine")
 
@@ -95,15 +94,10 @@ def execute(run_id: Any, *, keep_lease_alive: bool = False) -> str:
         if execution.fatal is not None:
             return _fail(execution, execution.fatal)
         try:
-            output = validation.encode_json(
-                result,
-                max_depth=200,
-                max_bytes=conf.get().MAX_OUTPUT_BYTES,
-                where=f"the return value of workflow {wf.id!r}",
-            )
+            output = to_json(result, f"the return value of workflow {wf.id!r}")
         except ValueError as exc:
             return _fail(execution, ValueError(f"{exc}; return JSON-serialisable data"))
-        if leases.finish(run.pk, token, RunStatus.COMPLETED, output=json.loads(output)):
+        if leases.finish(run.pk, token, RunStatus.COMPLETED, output=output):
             ctx.logger.info("completed")
             return "completed"
         return "cancelled"

@@ -52,8 +52,13 @@ class Workflow:
 
 def _match(pattern: str, name: str) -> bool:
     if pattern.endswith("/*"):
-        return name.startswith(pattern[:-1]) and len(name) > len(pattern) - 1
+        return _under(pattern[:-1], name)
     return pattern == name
+
+
+def _under(prefix: str, name: str) -> bool:
+    """Whether ``name`` is strictly under ``prefix`` (which ends with "/")."""
+    return name.startswith(prefix) and len(name) > len(prefix)
 
 
 def workflow(
@@ -173,7 +178,7 @@ def subscribers(name: str) -> list[Workflow]:
     exact, prefixes = _index
     found = list(exact.get(name, ()))
     for prefix, wf in prefixes:
-        if name.startswith(prefix) and len(name) > len(prefix) and wf not in found:
+        if _under(prefix, name) and wf not in found:
             found.append(wf)
     return found
 

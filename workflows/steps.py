@@ -345,11 +345,7 @@ class Step:
         return timedelta(seconds=ceiling * (0.5 + random.random() / 2))
 
     def _jsonify(self, value: Any, where: str) -> Any:
-        encoded = validation.encode_json(
-            value, max_depth=200, max_bytes=conf.get().MAX_OUTPUT_BYTES, where=where
-        )
-        # Hand back exactly what a replay will read from the database.
-        return json.loads(encoded)
+        return to_json(value, where)
 
     def _step_error(self, row: StepResult) -> StepError:
         error = row.error or {}
@@ -360,3 +356,12 @@ class Step:
             step_id=row.step_id,
             error=error,
         )
+
+
+def to_json(value: Any, where: str) -> Any:
+    """``value`` as it will read back from the database; ``ValueError`` if it is not JSON."""
+    encoded = validation.encode_json(
+        value, max_depth=200, max_bytes=conf.get().MAX_OUTPUT_BYTES, where=where
+    )
+    # Hand back exactly what a replay will read, not the caller's object.
+    return json.loads(encoded)

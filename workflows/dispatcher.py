@@ -22,7 +22,7 @@ from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
 from eventbus import bus
-from workflows import conf, doorbell
+from workflows import conf, doorbell, lifecycle
 from workflows.models import WorkflowRun
 
 logger = logging.getLogger("workflows.dispatcher")
@@ -43,7 +43,8 @@ def tick() -> dict[str, int]:
         rung += count
         if count < settings.DISPATCH_BATCH:
             break
-    return {"emitted": emitted, "rung": rung}
+    timed_out = lifecycle.expire_timeouts(settings.DISPATCH_BATCH)
+    return {"emitted": emitted, "rung": rung, "timed_out": timed_out}
 
 
 def ring_due_runs(limit: int) -> int:

@@ -46,6 +46,7 @@ def claim(run_id: Any, token: str) -> WorkflowRun | None:
     runnable = (
         Q(status=RunStatus.QUEUED) & (Q(wake_at__isnull=True) | Q(wake_at__lte=now))
         | Q(status=RunStatus.SLEEPING, wake_at__lte=now)
+        | Q(status=RunStatus.WAITING, wake_at__lte=now)  # a wait or invoke timed out
         | Q(status=RunStatus.RUNNING, lease_expires_at__lt=now)
     )
     with transaction.atomic():

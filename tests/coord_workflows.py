@@ -1,0 +1,1 @@
+"""Test workflows for invoke, wait_for_event, parallel steps, cancellation and failure handlers."""

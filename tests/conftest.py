@@ -110,3 +110,144 @@ def start_worker(transactional_db) -> Iterator[Callable[..., Worker]]:
 def worker(start_worker) -> Worker:
     """One running worker process."""
     return start_worker()
+
+
+# --- chaos and concurrency helpers ------------------------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``--chaos-seconds``: how long the chaos suite injects faults (or ``CHAOS_SECONDS``)."""
+    parser.addoption(
+        "--chaos-seconds",
+        type=float,
+        default=None,
+        help="seconds of fault injection in tests/chaos (default: CHAOS_SECONDS or 60)",
+    )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Dispatcher:
+    """A real ``manage.py run_dispatcher`` process against the test database."""
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        self.extra_env = env or {}
+        self.log = Path(tempfile.mkstemp(prefix="dispatcher-", suffix=".log")[1])
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "Dispatcher":
+        env = dict(os.environ)
+        env.update(
+            DJANGO_SETTINGS_MODULE="tests.settings",
+            WORKFLOWS_TEST_DATABASE_NAME=str(connection.settings_dict["NAME"]),
+            PYTHONPATH=str(ROOT),
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(self.extra_env)
+        handle = self.log.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "manage.py", "run_dispatcher"], cwd=ROOT, env=env, stdout=handle,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        wait_until(
+            lambda: (
+                b"Dispatcher running" in self.log.read_bytes() or self.process.poll() is not None
+            ),
+            timeout=60,
+            what="the dispatcher to start",
+        )
+        if self.process.poll() is not None:
+            pytest.fail(f"dispatcher exited at start:\n{self.tail()}")
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the dispatcher, as a crash would."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        """Stop it with SIGTERM (it finishes its pass), or kill it after a grace period."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def tail(self, lines: int = 60) -> str:
+        """The end of the dispatcher's log."""
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+class RedisServer:
+    """A private ``redis-server`` (no persistence) that a test may flush, kill and restart."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        """The broker URL of database 0 of this server."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self):
+        """A redis-py client of database 0."""
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port, db=0, socket_timeout=5)
+
+    def start(self) -> "RedisServer":
+        command = [
+            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning",
+        ]  # fmt: skip
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        self.starts += 1
+
+        def up() -> bool:
+            try:
+                return bool(self.client().ping())
+            except Exception:
+                return False
+
+        wait_until(up, timeout=30, interval=0.1, what=f"redis-server on port {self.port}")
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the server: every message it held is gone."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+
+
+class broker_url:
+    """Context manager: the test process's Celery app publishes to ``url`` meanwhile."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def __enter__(self) -> "broker_url":
+        from settings.celery import app
+
+        self.previous = app.conf.broker_url
+        app.close()  # drop pooled connections to the previous broker
+        app.conf.broker_url = self.url
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from settings.celery import app
+
+        app.close()
+        app.conf.broker_url = self.previous

@@ -14,3 +14,20 @@ class LedgerEntry(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["run_id", "step"])]
+
+
+class EmissionLog(models.Model):
+    """One delivery of an event to its subscribers, written in the emitting transaction.
+
+    Recorded only while ``WORKFLOWS_TEST_EMISSION_LOG=1`` (the chaos and concurrency
+    tests): an event delivered twice would leave two rows here.
+    """
+
+    event_id = models.UUIDField()
+    name = models.CharField(max_length=255)
+    ts = models.BigIntegerField()
+    delivered_ms = models.BigIntegerField()
+    pid = models.IntegerField(default=0)
+
+    class Meta:
+        indexes = [models.Index(fields=["event_id"])]

@@ -106,11 +106,13 @@ def store(
     source_run_id: Any = None,
     source_step_id: Any = None,
     event_ids: Sequence[uuid.UUID] | None = None,
+    deliver: bool = True,
 ) -> list[str]:
     """Store validated events in ``workspace``, emit the due ones; return their ids.
 
     An event whose idempotency key already exists in the workspace is not stored again:
-    its id is returned in its place.
+    its id is returned in its place. ``deliver=False`` stores events as emitted without
+    telling subscribers (the trigger event of an invoked run is addressed to one run).
     """
     now = now_ms()
     created_at = timezone.now()
@@ -132,10 +134,11 @@ def store(
                 source_step_id=source_step_id,
             )
         )
-    with transaction.atomic():
+    # No savepoint of our own inside a caller's transaction: an error rolls back all.
+    with transaction.atomic(savepoint=False):
         ids, fresh = _insert(rows, workspace)
         emitted = [row for row in fresh if row.status == EventStatus.EMITTED]
-        if emitted:
+        if emitted and deliver:
             _deliver(emitted)
     return ids
 
@@ -163,6 +166,9 @@ def _insert(rows: list[Event], workspace: Workspace) -> tuple[list[str], list[Ev
         ids.append(str(row.id))
         fresh.append(row)
     if not fresh:
+        return ids, fresh
+    if not keys:
+        Event.objects.bulk_create(fresh, batch_size=1000)
         return ids, fresh
     try:
         with transaction.atomic():

@@ -27,6 +27,8 @@ class EventStatus(models.TextChoices):
     """Stored with a future ``ts``; the dispatcher emits it when due."""
     EMITTED = "emitted", "Emitted"
     """Delivered: a run exists for every workflow subscribed at emission time."""
+    CANCELLED = "cancelled", "Cancelled"
+    """Was scheduled, but the run whose step sent it was cancelled first; never emitted."""
 
 
 class EventQuerySet(models.QuerySet):
@@ -89,6 +91,10 @@ class Event(models.Model):
             models.Index(
                 fields=["workspace", "name", "created_at"],
                 name="eventbus_event_ws_name",
+            ),
+            models.Index(
+                fields=["workspace", "name", "emitted_at"],
+                name="eventbus_event_ws_emitted",
             ),
             models.Index(fields=["name", "created_at"], name="eventbus_event_name"),
             models.Index(fields=["created_at"], name="eventbus_event_created"),

@@ -12,7 +12,8 @@ class WorkflowsConfig(AppConfig):
 
     def ready(self) -> None:
         from eventbus import bus
-        from workflows import checks, registry, signals, triggers  # noqa: F401
+        from workflows import checks, registry, signals, triggers, waits  # noqa: F401
 
         bus.subscribe(triggers.on_events)
+        bus.subscribe(waits.on_events)
         registry.autodiscover()

@@ -1,28 +1,13 @@
 """``ctx``: what a workflow function receives."""
 
 import logging
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from workflows.context_types import EventView
 from workflows.steps import Step
 
 if TYPE_CHECKING:
     from workflows.engine import Execution
-
-
-@dataclass(frozen=True)
-class EventView:
-    """An event as a workflow sees it."""
-
-    id: str
-    name: str
-    data: dict[str, Any]
-    ts: int
-
-    @classmethod
-    def of(cls, event: Any) -> "EventView":
-        """The view of an ``eventbus.models.Event``."""
-        return cls(id=str(event.id), name=event.name, data=event.data, ts=event.ts)
 
 
 class RunLogger(logging.LoggerAdapter):
@@ -46,7 +31,8 @@ class Context:
         run = execution.run
         self.event = EventView.of(run.event)
         self.step = Step(execution)
-        self.run_id = str(run.pk)
+        # A branch of step.parallel acts for its parent: the workflow's run.
+        self.run_id = str(run.parent_id if run.is_branch else run.pk)
         self.workspace: str = run.workspace.slug
         self.logger = execution.logger
 

@@ -20,11 +20,11 @@ from typing import Any
 from django.utils import timezone
 
 from eventbus import bus
-from workflows import conf, errors, heartbeat, leases, memo, registry
+from workflows import conf, errors, heartbeat, leases, lifecycle, memo, registry
 from workflows.context import Context, RunLogger
 from workflows.exceptions import UnknownWorkflowError
 from workflows.models import RunStatus, StepResult, WorkflowRun
-from workflows.steps import EngineInterrupt, Suspend, to_json
+from workflows.steps import BranchDone, EngineInterrupt, Suspend, to_json
 
 logger = logging.getLogger("workflows.engine")
 
@@ -36,7 +36,20 @@ class Execution:
         self.run = run
         self.workflow = workflow
         self.token = token
-        self.memos: dict[str, StepResult] = {m.key: m for m in StepResult.objects.filter(run=run)}
+        #: For a branch run of ``step.parallel``: (memo key of the parallel step, index).
+        self.branch: tuple[str, int] | None = None
+        if run.is_branch:
+            self.branch = (run.branch_key or "", run.branch_index or 0)
+            # The parent's memos replay the way to the parallel step; the branch's own
+            # memo (its one step) is stored on the branch run.
+            owners = [run.parent_id, run.pk]
+        else:
+            owners = [run.pk]
+        self.memos: dict[str, StepResult] = {
+            m.key: m for m in StepResult.objects.filter(run_id__in=owners).order_by("run_id")
+        }
+        if run.is_branch:
+            self.memos.update({m.key: m for m in StepResult.objects.filter(run=run)})
         self.counter = memo.Counter()
         self.in_step: str | None = None
         self.attempt = 0
@@ -72,6 +85,10 @@ def execute(run_id: Any, *, keep_lease_alive: bool = False) -> str:
         )
         leases.release_for_retry(run.pk, token, timezone.now() + timedelta(seconds=delay))
         return "deferred"
+    timed_out = _check_timeouts(run, wf)
+    if timed_out:
+        lifecycle.cancel(run.pk, reason=timed_out)
+        return "cancelled"
     execution = Execution(run, wf, token)
     ctx = Context(execution)
     keeper = heartbeat.track(run.pk, token) if keep_lease_alive else nullcontext()
@@ -80,6 +97,13 @@ def execute(run_id: Any, *, keep_lease_alive: bool = False) -> str:
             result = wf.fn(ctx)
         except Suspend:
             return "suspended"
+        except BranchDone as done:
+            if done.failure is not None:
+                return _fail(execution, done.failure)
+            result = done.value
+            if lifecycle.finish(run, token, RunStatus.COMPLETED, output=result):
+                return "completed"
+            return "cancelled"
         except leases.RunCancelled:
             ctx.logger.info("cancelled while running; stopped")
             return "cancelled"
@@ -97,10 +121,27 @@ def execute(run_id: Any, *, keep_lease_alive: bool = False) -> str:
             output = to_json(result, f"the return value of workflow {wf.id!r}")
         except ValueError as exc:
             return _fail(execution, ValueError(f"{exc}; return JSON-serialisable data"))
-        if leases.finish(run.pk, token, RunStatus.COMPLETED, output=output):
+        if lifecycle.finish(run, token, RunStatus.COMPLETED, output=output):
             ctx.logger.info("completed")
             return "completed"
         return "cancelled"
+
+
+def _check_timeouts(run: WorkflowRun, wf: registry.Workflow) -> str | None:
+    """Why the run must be cancelled now (its start timeout passed), else ``None``.
+
+    On its first start, the start deadline gives way to the finish deadline.
+    """
+    now = timezone.now()
+    finish = wf.timeouts.finish
+    if run.timeout_at is not None and run.timeout_at <= now:
+        started = bool(finish and run.started_at and run.timeout_at == run.started_at + finish)
+        return lifecycle.timeout_reason(run.workflow_id, started=started)
+    deadline = run.started_at + finish if finish and run.started_at else None
+    if run.timeout_at != deadline and not run.is_branch:
+        WorkflowRun.objects.filter(pk=run.pk).update(timeout_at=deadline)
+        run.timeout_at = deadline
+    return None
 
 
 def _fail(execution: Execution, exc: BaseException) -> str:
@@ -108,7 +149,7 @@ def _fail(execution: Execution, exc: BaseException) -> str:
     step_id = getattr(exc, "step_id", "")
     if step_id:
         error["step_id"] = step_id
-    if leases.finish(execution.run.pk, execution.token, RunStatus.FAILED, error=error):
+    if lifecycle.finish(execution.run, execution.token, RunStatus.FAILED, error=error):
         logger.warning(
             "run %s of %r failed: %s",
             execution.run.pk,

@@ -1,6 +1,192 @@
-"""What happens when a run ends or is cancelled: waits resolved, parents told, events emitted."""
+"""What happens when a run ends: waits settled, parents told, system events emitted.
+
+Everything here runs inside the transaction that moved the run to its terminal status,
+so a run never ends without its parent hearing of it, and never emits its system event
+twice.
+
+System events, emitted in the run's workspace (subscribe workflows to them, or wait for
+them with ``step.wait_for_event``):
+
+- ``workflows/run.finished`` when a run ends, whatever its status;
+- ``workflows/run.failed`` when it failed for good;
+- ``workflows/run.cancelled`` when it was cancelled.
+
+Their ``data``: ``run_id``, ``workflow_id``, ``status``, ``event`` (the trigger: ``id``,
+``name``, ``data``, ``ts``), and ``output`` or ``error``. Runs triggered by a
+``workflows/run.*`` event (failure handlers among them) do not emit system events, so a
+workflow subscribed to them cannot feed itself; branch runs of ``step.parallel`` do not
+either.
+"""
+
+import logging
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from eventbus import bus, validation
+from eventbus.exceptions import EventError
+from eventbus.models import Event, EventStatus
+from workflows import conf, doorbell, leases, registry, waits
+from workflows.exceptions import UnknownWorkflowError
+from workflows.models import ACTIVE_STATUSES, RunStatus, Wait, WorkflowRun
+
+logger = logging.getLogger("workflows.lifecycle")
+
+RUN_FINISHED = "workflows/run.finished"
+RUN_FAILED = "workflows/run.failed"
+RUN_CANCELLED = "workflows/run.cancelled"
+#: The trigger event of a run started by ``step.invoke`` (stored, never broadcast).
+INVOKED = "workflows/invoke"
+_SYSTEM_PREFIX = "workflows/run."
+
+
+def new_run(
+    event: Event,
+    wf: registry.Workflow,
+    *,
+    now: Any = None,
+    **fields: Any,
+) -> WorkflowRun:
+    """An unsaved queued run of ``wf`` for ``event``, with its start timeout set."""
+    now = now or timezone.now()
+    start = wf.timeouts.start
+    fields.setdefault("id", uuid.uuid4())
+    return WorkflowRun(
+        workspace_id=event.workspace_id,
+        workflow_id=wf.id,
+        event=event,
+        status=RunStatus.QUEUED,
+        due_at=now + timedelta(seconds=conf.get().RING_TIMEOUT_SECONDS),
+        created_at=now,
+        timeout_at=now + start if start else None,
+        **fields,
+    )
+
+
+def ended(run: WorkflowRun) -> None:
+    """In the transaction that ended ``run`` (its status, output and error are set)."""
+    wf = _registered(run.workflow_id)
+    if run.status == RunStatus.CANCELLED or wf is None or wf.cancel_on:
+        # A run that completed or failed is past its waits, except its cancel_on ones.
+        Wait.objects.filter(run=run).delete()
+    if run.parent_id is not None:
+        waits.child_ended(run)
+    if run.status == RunStatus.CANCELLED:
+        for child in WorkflowRun.objects.filter(parent=run, status__in=ACTIVE_STATUSES):
+            cancel(child.pk, reason=f"its parent run {run.pk} was cancelled")
+        # Deferred events its steps sent must not fire after the cancellation.
+        Event.objects.filter(source_run=run, status=EventStatus.SCHEDULED).update(
+            status=EventStatus.CANCELLED
+        )
+    if run.is_branch or run.event.name.startswith(_SYSTEM_PREFIX):
+        return
+    _emit_system_events(run)
+
+
+def _emit_system_events(run: WorkflowRun) -> None:
+    data: dict[str, Any] = {
+        "run_id": str(run.pk),
+        "workflow_id": run.workflow_id,
+        "status": run.status,
+        "event": waits.event_dict(run.event),
+    }
+    if run.status == RunStatus.COMPLETED:
+        data["output"] = run.output
+    else:
+        data["error"] = run.error
+    names = [RUN_FINISHED]
+    if run.status == RunStatus.FAILED:
+        names.append(RUN_FAILED)
+    elif run.status == RunStatus.CANCELLED:
+        names.append(RUN_CANCELLED)
+    specs = [_spec(name, data) for name in names]
+    ids = bus.store(specs, run.workspace)
+    wf = _registered(run.workflow_id)
+    if run.status != RunStatus.FAILED or wf is None or wf.on_failure is None:
+        return
+    failed_event = Event.objects.get(pk=ids[-1])
+    handler_run = new_run(failed_event, wf.on_failure)
+    handler_run.save(force_insert=True)
+    doorbell.ring_on_commit([handler_run.pk])
+
+
+def _registered(workflow_id: str) -> registry.Workflow | None:
+    try:
+        return registry.get(workflow_id)
+    except UnknownWorkflowError:
+        return None
+
+
+def _spec(name: str, data: dict[str, Any]) -> validation.EventSpec:
+    try:
+        return validation.event(name, data)
+    except EventError:
+        # Too big with the output (or a huge trigger): keep the facts, drop the bulk.
+        slim = {key: value for key, value in data.items() if key not in ("output", "event")}
+        slim["event"] = {key: data["event"][key] for key in ("id", "name", "ts")}
+        slim["truncated"] = True
+        if isinstance(slim.get("error"), dict):
+            slim["error"] = {
+                key: str(value)[:2000]
+                for key, value in slim["error"].items()
+                if key != "child_error"
+            }
+        return validation.event(name, slim)
+
+
+def cancel(run_id: Any, *, reason: str = "cancelled") -> bool:
+    """Cancel an active run, and what hangs on it; ``False`` if it had already ended.
+
+    A step that is executing right now finishes and its result is kept, but the run
+    runs no further step. Its waits are dropped, its deferred events that are not yet
+    emitted never will be, its active children are cancelled, and a parent waiting for
+    it (``step.invoke``) gets a ``StepError``.
+    """
+    with transaction.atomic():
+        if not leases.cancel(run_id, reason=reason):
+            return False
+        run = WorkflowRun.objects.select_related("event", "workspace").get(pk=run_id)
+        ended(run)
+    logger.info("run %s cancelled: %s", run_id, reason)
+    return True
+
+
+def finish(
+    run: WorkflowRun, token: str, status: str, *, output: Any = None, error: Any = None
+) -> bool:
+    """End the run we own as completed or failed, with everything that follows from it."""
+    with transaction.atomic():
+        if not leases.finish(run.pk, token, status, output=output, error=error):
+            return False
+        run.status, run.output, run.error = status, output, error
+        ended(run)
+    return True
 
 
 def expire_timeouts(limit: int) -> int:
     """Cancel up to ``limit`` runs whose start or finish timeout has passed."""
-    return 0
+    now = timezone.now()
+    overdue = list(
+        WorkflowRun.objects.active()
+        .filter(timeout_at__lte=now)
+        .order_by("timeout_at")
+        .values_list("pk", "workflow_id", "started_at")[:limit]
+    )
+    cancelled = 0
+    for pk, workflow_id, started_at in overdue:
+        cancelled += cancel(pk, reason=timeout_reason(workflow_id, started=started_at is not None))
+    return cancelled
+
+
+def timeout_reason(workflow_id: str, *, started: bool) -> str:
+    """Why a run was cancelled by its workflow's ``timeouts``."""
+    try:
+        limits = registry.get(workflow_id).timeouts
+    except UnknownWorkflowError:
+        return "timed out"
+    if started:
+        return f"timed out: did not finish within {limits.finish} of its start"
+    return f"timed out: did not start within {limits.start} of its creation"

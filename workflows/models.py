@@ -41,6 +41,7 @@ class StepKind(models.TextChoices):
     SLEEP = "sleep", "sleep"
     INVOKE = "invoke", "invoke"
     WAIT_FOR_EVENT = "wait_for_event", "wait_for_event"
+    PARALLEL = "parallel", "parallel"
 
 
 class StepStatus(models.TextChoices):
@@ -110,6 +111,20 @@ class WorkflowRun(models.Model):
     due_at = models.DateTimeField(
         null=True, blank=True, help_text="When the dispatcher rings for this run next."
     )
+    timeout_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When the run is cancelled for taking too long to start or to finish.",
+    )
+    branch_key = models.CharField(
+        max_length=40,
+        null=True,
+        blank=True,
+        help_text="For a branch of step.parallel: the memo key of the parallel step.",
+    )
+    branch_index = models.PositiveIntegerField(
+        null=True, blank=True, help_text="For a branch of step.parallel: its position."
+    )
     lease_owner = models.CharField(max_length=64, null=True, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
@@ -126,7 +141,7 @@ class WorkflowRun(models.Model):
             # One run per subscribed workflow per event, however often it is delivered.
             models.UniqueConstraint(
                 fields=["event", "workflow_id"],
-                condition=models.Q(replay_of__isnull=True),
+                condition=models.Q(replay_of__isnull=True, branch_index__isnull=True),
                 name="workflows_run_once_per_event",
             )
         ]
@@ -135,6 +150,11 @@ class WorkflowRun(models.Model):
                 fields=["due_at"],
                 condition=models.Q(status__in=["queued", "running", "sleeping", "waiting"]),
                 name="workflows_run_due",
+            ),
+            models.Index(
+                fields=["timeout_at"],
+                condition=models.Q(status__in=["queued", "running", "sleeping", "waiting"]),
+                name="workflows_run_timeout",
             ),
             models.Index(fields=["status", "created_at"], name="workflows_run_status"),
             models.Index(fields=["workflow_id", "created_at"], name="workflows_run_workflow"),
@@ -149,6 +169,11 @@ class WorkflowRun(models.Model):
     def is_finished(self) -> bool:
         """Whether the run reached a terminal status."""
         return self.status in TERMINAL_STATUSES
+
+    @property
+    def is_branch(self) -> bool:
+        """Whether the run executes one branch of a parent's ``step.parallel``."""
+        return self.branch_index is not None
 
 
 class StepResult(models.Model):
@@ -176,3 +201,80 @@ class StepResult(models.Model):
 
     def __str__(self) -> str:
         return f"{self.step_id} [{self.kind}] {self.status}"
+
+
+class WaitKind(models.TextChoices):
+    """What a :class:`Wait` waits for."""
+
+    EVENT = "event", "event"
+    """``step.wait_for_event``: an event with a name and, optionally, a match."""
+    INVOKE = "invoke", "invoke"
+    """``step.invoke``: the end of a child run."""
+    PARALLEL = "parallel", "parallel"
+    """``step.parallel``: the end of one branch run."""
+    CANCEL = "cancel", "cancel"
+    """``@workflow(cancel_on=…)``: an event that cancels the run."""
+
+
+class Wait(models.Model):
+    """Something a run waits for; deleted when it arrives, times out or the run ends.
+
+    Event waits are found, when an event is emitted, by (workspace, event name, match
+    hash): the hash of the incoming event's value at ``match_path`` that the wait
+    expects. Waits without an indexable condition have an empty hash and are checked one
+    by one, so only those scale with the number of waiting runs.
+    """
+
+    run = models.ForeignKey(WorkflowRun, on_delete=models.CASCADE, related_name="waits")
+    step = models.ForeignKey(
+        StepResult, on_delete=models.CASCADE, null=True, blank=True, related_name="waits"
+    )
+    kind = models.CharField(max_length=16, choices=WaitKind.choices)
+    workspace = models.ForeignKey("eventbus.Workspace", on_delete=models.CASCADE, related_name="+")
+    event_name = models.CharField(max_length=255, blank=True, default="")
+    match_path = models.CharField(max_length=255, blank=True, default="")
+    match_hash = models.CharField(max_length=40, blank=True, default="")
+    expression = models.TextField(blank=True, default="", help_text="CEL, checked on arrival.")
+    match = models.CharField(max_length=255, blank=True, default="")
+    child_run = models.ForeignKey(
+        WorkflowRun,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="awaited_by",
+    )
+    expires_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["workspace", "event_name", "match_hash", "created_at"],
+                name="workflows_wait_event",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} wait of run {self.run_id}"
+
+
+class WaitPath(models.Model):
+    """The event fields that waits on an event name match on (a small, stable set).
+
+    When an event is emitted, its values at these paths are hashed to find the waits it
+    satisfies, without reading every wait on that name.
+    """
+
+    workspace = models.ForeignKey("eventbus.Workspace", on_delete=models.CASCADE, related_name="+")
+    event_name = models.CharField(max_length=255)
+    match_path = models.CharField(max_length=255)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["workspace", "event_name", "match_path"], name="workflows_waitpath_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_name} by {self.match_path}"

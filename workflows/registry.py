@@ -3,18 +3,42 @@
 import importlib
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.utils.module_loading import autodiscover_modules
 
-from workflows import conf
+from workflows import conf, durations, matching
 from workflows.exceptions import UnknownWorkflowError, WorkflowDefinitionError
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-/]{0,199}$")
 _TRIGGER_RE = re.compile(r"^[^\s*\x00-\x1f\x7f]+(/\*)?$")
 
 _registry: dict[str, "Workflow"] = {}
+#: Suffix of the id under which an ``on_failure`` handler runs.
+FAILURE_HANDLER_SUFFIX = ":on-failure"
+
+
+@dataclass(frozen=True)
+class CancelRule:
+    """One ``cancel_on`` entry: an event that cancels a run of the workflow."""
+
+    event: str
+    match: str | None = None
+    expression: str | None = None
+    timeout: timedelta | None = None
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """``timeouts={"start": …, "finish": …}`` of a workflow."""
+
+    start: timedelta | None = None
+    finish: timedelta | None = None
+
+
 _index: tuple[dict[str, list["Workflow"]], list[tuple[str, "Workflow"]]] | None = None
 
 
@@ -28,11 +52,21 @@ class Workflow:
         id: str,
         triggers: tuple[str, ...],
         retries: int,
+        cancel_on: tuple[CancelRule, ...] = (),
+        timeouts: Timeouts | None = None,
+        on_failure: "Workflow | None" = None,
+        handles_failure_of: str | None = None,
     ) -> None:
         self.fn = fn
         self.id = id
         self.triggers = triggers
         self.retries = retries
+        self.cancel_on = cancel_on
+        self.timeouts = timeouts or Timeouts()
+        #: The workflow run (as a durable run) after a run of this one failed for good.
+        self.on_failure = on_failure
+        #: For a failure handler: the id of the workflow it handles.
+        self.handles_failure_of = handles_failure_of
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", id)
         self.__module__ = getattr(fn, "__module__", __name__)
@@ -66,6 +100,9 @@ def workflow(
     id: str,
     trigger: str | list[str] | tuple[str, ...] | None = None,
     retries: int | None = None,
+    cancel_on: list[dict[str, Any]] | None = None,
+    timeouts: dict[str, Any] | None = None,
+    on_failure: Callable[[Any], Any] | None = None,
 ) -> Callable[[Callable[[Any], Any]], Workflow]:
     """Register a durable workflow.
 
@@ -73,6 +110,15 @@ def workflow(
     them, or ``None`` (started only by ``step.invoke``); ``"agent/*"`` matches every name
     under ``agent/``. ``retries`` is how often a failing step is retried after its first
     try (default ``WORKFLOWS["DEFAULT_RETRIES"]``).
+
+    ``cancel_on`` is a list of ``{"event": name, "match": "data.x", "if": cel,
+    "timeout": duration}``: an event of that name (emitted in the run's workspace after
+    the run was created, matching like ``step.wait_for_event``) cancels the run.
+    ``timeouts={"start": d, "finish": d}`` cancels a run that waited longer than ``start``
+    for its first step, or ran longer than ``finish`` from its start. ``on_failure`` is
+    a function of ``ctx`` run as its own durable run after a run failed for good; its
+    ``ctx.event`` is the ``workflows/run.failed`` event (``data``: ``run_id``,
+    ``workflow_id``, ``error``, ``event``).
     """
     if not isinstance(id, str) or not _ID_RE.match(id):
         raise WorkflowDefinitionError(
@@ -87,11 +133,43 @@ def workflow(
             f"workflow {id!r}: retries must be a whole number from 0 to 100, got {retries!r}"
         )
 
+    rules = _cancel_rules(id, cancel_on)
+    limits = _timeouts(id, timeouts)
+    if on_failure is not None and (not callable(on_failure) or isinstance(on_failure, Workflow)):
+        raise WorkflowDefinitionError(
+            f"workflow {id!r}: on_failure must be a plain function of ctx (not a "
+            f"@workflow), got {on_failure!r}"
+        )
+    if on_failure is not None and len(id) + len(FAILURE_HANDLER_SUFFIX) > 200:
+        raise WorkflowDefinitionError(
+            f"workflow {id!r}: with on_failure, the id must be at most "
+            f"{200 - len(FAILURE_HANDLER_SUFFIX)} characters"
+        )
+
     def decorate(fn: Callable[[Any], Any]) -> Workflow:
         if not callable(fn):
             raise WorkflowDefinitionError(f"workflow {id!r}: @workflow must decorate a function")
-        wf = Workflow(fn, id=id, triggers=triggers, retries=retries)
+        handler = None
+        if on_failure is not None:
+            handler = Workflow(
+                on_failure,
+                id=id + FAILURE_HANDLER_SUFFIX,
+                triggers=(),
+                retries=retries,
+                handles_failure_of=id,
+            )
+        wf = Workflow(
+            fn,
+            id=id,
+            triggers=triggers,
+            retries=retries,
+            cancel_on=rules,
+            timeouts=limits,
+            on_failure=handler,
+        )
         register(wf)
+        if handler is not None:
+            register(handler)
         return wf
 
     return decorate
@@ -113,6 +191,73 @@ def _triggers(id: str, trigger: Any) -> tuple[str, ...]:
                 "pattern (printable, no spaces, '*' only as a final '/*')"
             )
     return tuple(dict.fromkeys(items))
+
+
+_RULE_KEYS = {"event", "match", "if", "if_", "timeout"}
+
+
+def _cancel_rules(id: str, cancel_on: Any) -> tuple[CancelRule, ...]:
+    if cancel_on is None:
+        return ()
+    if isinstance(cancel_on, dict):
+        cancel_on = [cancel_on]
+    if not isinstance(cancel_on, list | tuple):
+        raise WorkflowDefinitionError(
+            f"workflow {id!r}: cancel_on must be a list of dicts such as "
+            f'[{{"event": "order/refunded", "match": "data.orderId"}}], got {cancel_on!r}'
+        )
+    rules = []
+    for index, entry in enumerate(cancel_on):
+        where = f"workflow {id!r}: cancel_on[{index}]"
+        if not isinstance(entry, dict):
+            raise WorkflowDefinitionError(f"{where} must be a dict, got {entry!r}")
+        unknown = set(entry) - _RULE_KEYS
+        if unknown:
+            raise WorkflowDefinitionError(
+                f"{where} has unknown keys {sorted(unknown)}; allowed: event, match, if, timeout"
+            )
+        name = entry.get("event")
+        if not isinstance(name, str) or not name or not _TRIGGER_RE.match(name) or "*" in name:
+            raise WorkflowDefinitionError(
+                f"{where} needs an 'event': the name of the event that cancels the run "
+                f"(printable, no spaces, no wildcard), got {name!r}"
+            )
+        expression = entry.get("if", entry.get("if_"))
+        try:
+            match = entry.get("match")
+            if match is not None:
+                matching.check_path(match, where)
+            if expression is not None:
+                matching.check_expression(expression, where)
+            timeout = entry.get("timeout")
+            if timeout is not None:
+                timeout = durations.parse(timeout, f"{where} timeout")
+        except ValueError as exc:
+            raise WorkflowDefinitionError(str(exc)) from None
+        rules.append(CancelRule(event=name, match=match, expression=expression, timeout=timeout))
+    return tuple(rules)
+
+
+def _timeouts(id: str, timeouts: Any) -> Timeouts:
+    if timeouts is None:
+        return Timeouts()
+    if not isinstance(timeouts, dict) or not set(timeouts) <= {"start", "finish"}:
+        raise WorkflowDefinitionError(
+            f"workflow {id!r}: timeouts must be a dict with the keys 'start' and/or "
+            f"'finish', got {timeouts!r}"
+        )
+    parsed: dict[str, timedelta | None] = {}
+    for key in ("start", "finish"):
+        value = timeouts.get(key)
+        try:
+            parsed[key] = (
+                None
+                if value is None
+                else durations.parse(value, f"workflow {id!r}: timeouts[{key!r}]")
+            )
+        except ValueError as exc:
+            raise WorkflowDefinitionError(str(exc)) from None
+    return Timeouts(**parsed)
 
 
 def register(wf: Workflow) -> None:

@@ -22,7 +22,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
 from eventbus.models import Event, EventStatus
-from workflows import conf, doorbell, leases, registry
+from workflows import conf, doorbell, lifecycle, registry
 from workflows.console_errors import (
     ConsoleError,
     MalformedIdError,
@@ -214,7 +214,7 @@ def replay_event(event_id: Any, *, workspace: str | None = None) -> list[Workflo
 def cancel_run(run_id: Any, *, workspace: str | None = None) -> bool:
     """Cancel an active run; ``False`` if it had already finished."""
     run = get_run(run_id, workspace=workspace)
-    return leases.cancel(run.pk, reason="cancelled from the console")
+    return lifecycle.cancel(run.pk, reason="cancelled from the console")
 
 
 # --- selecting runs ------------------------------------------------------------------

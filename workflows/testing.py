@@ -3,7 +3,8 @@
 ``drain()`` executes every runnable run in this process until none is left, with the
 broker out of the picture (bells are dropped: the database says what is runnable).
 ``skip_time=True`` brings every sleep, retry backoff and deferred event forward to now,
-so a workflow that sleeps for days finishes in one call. This is for testing workflow
+so a workflow that sleeps for days finishes in one call (waits for events and invoked
+runs are left alone: send the event, or let the child finish). This is for testing workflow
 logic; durability is proven by the real-worker tests of this project.
 """
 
@@ -15,7 +16,7 @@ from django.utils import timezone
 
 from eventbus import bus
 from eventbus.models import Event, EventStatus
-from workflows import doorbell, engine
+from workflows import doorbell, engine, lifecycle
 from workflows.models import RunStatus, StepResult, StepStatus, WorkflowRun
 
 
@@ -40,9 +41,13 @@ def drain(*, skip_time: bool = False, max_executions: int = 10_000) -> int:
             if skip_time:
                 _bring_forward(now)
             bus.emit_due()
+            lifecycle.expire_timeouts(1000)
             runnable = WorkflowRun.objects.filter(
-                Q(status__in=[RunStatus.QUEUED, RunStatus.SLEEPING])
-                & (Q(wake_at__isnull=True) | Q(wake_at__lte=now))
+                Q(status=RunStatus.QUEUED, wake_at__isnull=True)
+                | Q(
+                    status__in=[RunStatus.QUEUED, RunStatus.SLEEPING, RunStatus.WAITING],
+                    wake_at__lte=now,
+                )
             ).order_by("created_at")
             ids = list(runnable.values_list("pk", flat=True)[:100])
             if not ids:

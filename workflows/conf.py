@@ -36,6 +36,10 @@ class WorkflowsSettings:
     RETRY_MAX_SECONDS: float = 600.0
     #: Largest encoded output of a step or a run, in bytes.
     MAX_OUTPUT_BYTES: int = 4 * 1024 * 1024
+    #: Most runs one message asks a worker to execute in turn. Runs rung together (a
+    #: fan-out, a dispatcher pass) share messages, which saves the broker and worker
+    #: overhead per run; 1 sends one message per run.
+    RING_BATCH_SIZE: int = 20
     #: Celery queue of the engine's tasks (``None``: the app's default queue).
     QUEUE: str | None = None
 

@@ -1,11 +1,16 @@
 """Ringing the bell: telling a worker that a run can move on.
 
-A message carries only a run id; the database says what to do. A lost message is rung
+A message carries only run ids; the database says what to do. A lost message is rung
 again by the dispatcher, a duplicate is a no-op (the claim is conditional), so ringing
 never needs to be reliable, only cheap.
+
+Many runs rung at once (a fan-out, a dispatcher pass) share messages: up to
+``RING_BATCH_SIZE`` run ids each, but never fewer than four messages when there are at
+least four runs, so that several workers share the work.
 """
 
 import logging
+import math
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,6 +23,8 @@ logger = logging.getLogger("workflows.doorbell")
 
 #: When set (by :mod:`workflows.testing`), bells go to this callable instead of Celery.
 _override = None
+#: A ring of many runs is split into at least this many messages (when it has as many).
+_SPREAD = 4
 
 
 def ring(run_ids: Iterable[Any], *, at: datetime | None = None) -> None:
@@ -39,8 +46,11 @@ def ring(run_ids: Iterable[Any], *, at: datetime | None = None) -> None:
             return  # too far ahead for the broker: the dispatcher rings when it is due
         options["eta"] = at
     try:
-        for run_id in ids:
-            tasks.execute_run.apply_async((run_id,), **options)
+        for chunk in chunks(ids, settings.RING_BATCH_SIZE):
+            if len(chunk) == 1:
+                tasks.execute_run.apply_async((chunk[0],), **options)
+            else:
+                tasks.execute_runs.apply_async((chunk,), **options)
     except Exception:
         # The rows are committed; the dispatcher rings again after RING_TIMEOUT_SECONDS.
         logger.warning(
@@ -48,6 +58,12 @@ def ring(run_ids: Iterable[Any], *, at: datetime | None = None) -> None:
             len(ids),
             exc_info=True,
         )
+
+
+def chunks(ids: list[str], batch_size: int) -> list[list[str]]:
+    """Split ``ids`` into messages of at most ``batch_size``, at least ``_SPREAD`` of them."""
+    size = max(1, min(batch_size, math.ceil(len(ids) / _SPREAD)))
+    return [ids[lo : lo + size] for lo in range(0, len(ids), size)]
 
 
 def ring_on_commit(run_ids: Iterable[Any], *, at: datetime | None = None) -> None:

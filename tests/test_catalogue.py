@@ -713,3 +713,34 @@ def test_a_generator_of_100000_events_is_refused_in_bounded_memory():
     with pytest.raises(eventbus.EventError, match="at most 10000 events"):
         Env.bounded_memory(lambda: eventbus.send_batch(events))
     assert Event.objects.count() == 0
+
+
+# --- configuration the broker could not honour -----------------------------------------------
+@pytest.mark.parametrize(
+    ("broker", "options", "horizon", "expected"),
+    [
+        ("redis://127.0.0.1:6379/0", {"visibility_timeout": 20}, 30, ["workflows.W001"]),
+        ("redis://127.0.0.1:6379/0", {"visibility_timeout": 30}, 30, ["workflows.W001"]),
+        ("rediss://127.0.0.1:6380/0", {}, 3600, ["workflows.W001"]),  # kombu's 1 h default
+        ("redis://127.0.0.1:6379/0", {}, 3599, []),
+        ("amqp://guest:guest@127.0.0.1:5672//", {}, 1800, ["workflows.W002"]),
+        ("amqps://guest:guest@127.0.0.1:5671//", {}, 7200, ["workflows.W002"]),
+        ("pyamqp://guest@127.0.0.1//", {}, 1800, ["workflows.W002"]),
+        (["amqp://a//", "amqp://b//"], {}, 1800, ["workflows.W002"]),  # failover list
+        ("AMQP://guest@127.0.0.1//", {}, 1800, ["workflows.W002"]),
+        ("amqp://guest:guest@127.0.0.1:5672//", {}, 1799, []),
+        ("filesystem://", {}, 86400, []),
+    ],
+)
+def test_system_check_warns_when_the_eta_horizon_reaches_the_brokers_limit(
+    settings, broker, options, horizon, expected
+):
+    from workflows import checks
+
+    settings.CELERY_BROKER_URL = broker
+    settings.CELERY_BROKER_TRANSPORT_OPTIONS = options
+    settings.WORKFLOWS = {"ETA_HORIZON_SECONDS": horizon}
+    messages = checks.check_settings()
+    assert [m.id for m in messages] == expected
+    for message in messages:
+        assert "ETA_HORIZON_SECONDS" in message.msg and f"({horizon:g}s)" in message.msg

@@ -27,7 +27,10 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 id="workflows.E002",
             )
         )
-    broker = str(getattr(settings, "CELERY_BROKER_URL", "") or "")
+    broker = getattr(settings, "CELERY_BROKER_URL", "") or ""
+    if isinstance(broker, list | tuple):  # failover URLs: the first one is tried first
+        broker = broker[0] if broker else ""
+    broker = str(broker).lower()
     options = getattr(settings, "CELERY_BROKER_TRANSPORT_OPTIONS", {}) or {}
     if broker.startswith(("redis", "rediss", "sentinel")):
         limit = float(options.get("visibility_timeout", 3600))

@@ -9,14 +9,14 @@ import time
 from datetime import timedelta
 
 import pytest
-from django.db import close_old_connections, connection, transaction
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 import eventbus
 from eventbus.models import Event, EventStatus, Workspace
 from tests.testapp.models import LedgerEntry
-from workflows import StepError, lifecycle, registry, services, waits, workflow
+from workflows import StepError, engine, lifecycle, registry, services, waits, workflow
 from workflows.exceptions import StepUsageError, WorkflowDefinitionError
 from workflows.models import RunStatus, StepResult, StepStatus, Wait, WaitKind, WorkflowRun
 from workflows.testing import drain, no_broker
@@ -154,7 +154,7 @@ def test_event_committed_while_the_wait_is_being_recorded_is_not_lost(monkeypatc
             try:
                 eventbus.send("coord/order.paid", {"orderId": "race"})
             finally:
-                close_old_connections()
+                connection.close()
                 sent.set()
 
         with no_broker():
@@ -189,7 +189,7 @@ def test_event_sent_while_the_wait_transaction_is_open_is_not_lost(monkeypatch):
                 with no_broker():
                     eventbus.send("coord/order.paid", {"orderId": "race2"})
             finally:
-                close_old_connections()
+                connection.close()
 
         thread = threading.Thread(target=sender)
         thread.start()
@@ -251,8 +251,6 @@ def test_a_replayed_parent_does_not_start_a_second_child():
     assert replay.status == RunStatus.COMPLETED and replay.output == run.output
     assert WorkflowRun.objects.filter(workflow_id="c-child").count() == 1
     # A duplicate execution of the finished parent changes nothing either.
-    from workflows import engine
-
     assert engine.execute(run.pk) == "skipped"
 
 
@@ -476,3 +474,36 @@ def test_wait_rows_and_transactions_roll_back_together():
         raise RuntimeError("roll back")
     run.refresh_from_db()
     assert run.status == RunStatus.WAITING and Wait.objects.filter(run=run).count() == 1
+
+
+# --- the console shows it ---------------------------------------------------------------
+def test_show_run_and_the_admin_say_what_a_run_waits_for(admin_client):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    waiting = start("coord/order.created", {"orderId": "o-42"})
+    parent = start("coord/parent", {"child": {"sleep": 3600}})
+    fan = WorkflowRun.objects.get(event_id=send("coord/parallel", {"n": 2}))
+    with no_broker():
+        engine.execute(fan.pk)  # the parent only: it starts its branches and waits
+    out = StringIO()
+    call_command("show_run", str(waiting.pk), stdout=out)
+    text = out.getvalue()
+    assert "Waits     step 'paid' waits for event 'coord/order.paid' where data.orderId" in text
+    assert '"o-42"' in text and "until 20" in text
+    out = StringIO()
+    call_command("show_run", str(parent.pk), stdout=out)
+    kid = parent.children.get()
+    assert f"waits for child run {kid.pk} (c-child, sleeping)" in out.getvalue()
+    assert f"Child     {kid.pk} c-child (sleeping)" in out.getvalue()
+    out = StringIO()
+    call_command("show_run", str(fan.pk), stdout=out)
+    assert "waits for 2 of 2 parallel branches" in out.getvalue()
+    page = admin_client.get(f"/admin/workflows/workflowrun/{waiting.pk}/change/")
+    assert page.status_code == 200
+    assert (
+        "waits for event &#x27;coord/order.paid&#x27; where data.orderId" in page.content.decode()
+    )
+    page = admin_client.get(f"/admin/workflows/workflowrun/{parent.pk}/change/").content.decode()
+    assert f"/admin/workflows/workflowrun/{kid.pk}/change/" in page  # links to its child

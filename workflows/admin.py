@@ -13,7 +13,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.loader import render_to_string
 from django.urls import path, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from workflows import services, timeline
@@ -84,7 +84,18 @@ class WorkflowRunAdmin(ReadOnlyAdmin):
                 )
             },
         ),
-        ("Relations", {"fields": ("parent_link", "children_links", "replay_of_link", "replays")}),
+        (
+            "Relations",
+            {
+                "fields": (
+                    "waiting_for",
+                    "parent_link",
+                    "children_links",
+                    "replay_of_link",
+                    "replays",
+                )
+            },
+        ),
         ("Data", {"fields": ("input", "output_json", "error_details")}),
         ("Timeline", {"fields": ("timeline",)}),
     )
@@ -130,9 +141,20 @@ class WorkflowRunAdmin(ReadOnlyAdmin):
         """The run that invoked this one."""
         return admin_link(run.parent)
 
+    @admin.display(description="waits for")
+    def waiting_for(self, run: WorkflowRun) -> SafeString:
+        """What the run waits for (events, children, branches) and what would cancel it."""
+        lines = services.describe_waits(run)
+        if not lines:
+            return format_html("{}", "nothing")
+        return format_html(
+            '<ul class="wf-waits">{}</ul>',
+            format_html_join("", "<li>{}</li>", ((line,) for line in lines)),
+        )
+
     @admin.display(description="children")
     def children_links(self, run: WorkflowRun) -> SafeString:
-        """Runs this one invoked."""
+        """Runs this one invoked, and the branch runs of its parallel steps."""
         return run_links(run.children.order_by("created_at")[:MAX_RELATED])
 
     @admin.display(description="replay of")

@@ -340,3 +340,59 @@ def purge_runs(
             WorkflowRun.objects.filter(pk__in=batch).delete()
         deleted += len(batch)
         yield deleted
+
+
+# --- what a run waits for --------------------------------------------------------------
+def describe_waits(run: WorkflowRun) -> list[str]:
+    """One line per thing ``run`` waits for, and per event that would cancel it.
+
+    E.g. ``event 'shop/order.paid' where data.orderId = "o1", until 2026-11-27 10:00``.
+    """
+    from workflows.models import Wait, WaitKind
+
+    lines: list[str] = []
+    if run.is_branch:
+        lines.append(f"is branch {run.branch_index} of a step.parallel of run {run.parent_id}")
+    waits = Wait.objects.filter(run=run).select_related("step", "child_run", "run__event")
+    branches: list[Wait] = []
+    for wait in waits.order_by("created_at", "pk"):
+        until = f", until {wait.expires_at:%Y-%m-%d %H:%M:%S %Z}" if wait.expires_at else ""
+        if wait.kind == WaitKind.PARALLEL:
+            branches.append(wait)
+            continue
+        if wait.kind == WaitKind.INVOKE and wait.child_run is not None:
+            child = wait.child_run
+            lines.append(
+                f"step {wait.step.step_id!r} waits for child run {child.pk} "
+                f"({child.workflow_id}, {child.status}){until}"
+            )
+            continue
+        condition = _condition(wait)
+        if wait.kind == WaitKind.CANCEL:
+            lines.append(f"cancelled by event {wait.event_name!r}{condition}{until}")
+        else:
+            lines.append(
+                f"step {wait.step.step_id!r} waits for event {wait.event_name!r}{condition}{until}"
+            )
+    if branches:
+        step = branches[0].step
+        total = (step.output or {}).get("branches", len(branches))
+        lines.append(
+            f"step {step.step_id!r} waits for {len(branches)} of {total} parallel branches"
+        )
+    return lines
+
+
+def _condition(wait: Any) -> str:
+    import json
+
+    parts = []
+    if wait.match:
+        from workflows import matching
+
+        found, value = matching.lookup({"data": wait.run.event.data}, wait.match)
+        shown = json.dumps(value, ensure_ascii=False)[:80] if found else "?"
+        parts.append(f"{wait.match} = {shown}")
+    if wait.expression:
+        parts.append(f"if {wait.expression}")
+    return (" where " + " and ".join(parts)) if parts else ""

@@ -20,6 +20,7 @@ KIND_MARKS = {
     StepKind.SLEEP: "S",
     StepKind.INVOKE: "I",
     StepKind.WAIT_FOR_EVENT: "W",
+    StepKind.PARALLEL: "P",
 }
 #: A bar is never narrower than this (in percent), so an instant step stays visible.
 MIN_WIDTH_PCT = 0.4

@@ -44,6 +44,12 @@ class Command(BaseCommand):
         ):
             if value:
                 write(f"{label:<9} {value}")
+        for line in services.describe_waits(run):
+            write(f"Waits     {line}")
+        children = list(run.children.order_by("created_at")[:50])
+        for child in children:
+            branch = f" branch {child.branch_index}" if child.is_branch else ""
+            write(f"Child     {child.pk} {child.workflow_id}{branch} ({child.status})")
         write(f"Input     {json.dumps(run.event.data, ensure_ascii=False)}")
         if run.output is not None:
             write(f"Output    {json.dumps(run.output, ensure_ascii=False)}")

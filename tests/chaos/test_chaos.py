@@ -40,10 +40,14 @@ from eventbus.models import Event, EventStatus
 from tests.chaos.workflows import EMISSION_LOG_ENV
 from tests.conftest import ROOT, Dispatcher, RedisServer, Worker, broker_url
 from tests.testapp.models import EmissionLog, LedgerEntry
-from workflows import registry
+from workflows import lifecycle, registry
 from workflows.models import TERMINAL_STATUSES, RunStatus, StepKind, StepResult, WorkflowRun
 
 pytestmark = [pytest.mark.chaos, pytest.mark.worker]
+
+#: Event names of the engine's lifecycle, where it has them (None before they existed).
+RUN_FINISHED = getattr(lifecycle, "RUN_FINISHED", None)
+INVOKED = getattr(lifecycle, "INVOKED", None)
 
 WORKERS = 3
 CONCURRENCY = 2
@@ -123,9 +127,11 @@ class Cluster:
         return f"pid {old.process.pid}"
 
     def flush_broker(self) -> str:
-        lost = self.redis.client().llen(os.environ["CELERY_TASK_DEFAULT_QUEUE"])
-        self.redis.client().flushdb()
-        return f"{lost} queued message(s) dropped"
+        client = self.redis.client()
+        queued = client.llen(os.environ["CELERY_TASK_DEFAULT_QUEUE"])
+        unacked = client.hlen("unacked")  # delivered to a worker, not yet acknowledged
+        client.flushdb()
+        return f"{queued} queued and {unacked} unacknowledged message(s) dropped"
 
     def restart_redis(self) -> str:
         self.redis.kill()
@@ -134,22 +140,27 @@ class Cluster:
         return "restarted empty"
 
     def cut_db(self) -> str:
+        # Step bodies take milliseconds: watch for two seconds and terminate every worker
+        # connection caught inside a query or a transaction, i.e. mid-step.
+        busy = 0
+        deadline = time.monotonic() + 2.0
         with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid() "
-                "AND application_name = 'chaos-worker' "
-                "AND state IN ('active', 'idle in transaction')"
-            )
-            busy = len(cursor.fetchall())
-            if busy:
-                return f"{busy} busy worker connection(s) terminated"
+            while time.monotonic() < deadline:
+                cursor.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                    "AND application_name = 'chaos-worker' "
+                    "AND state IN ('active', 'idle in transaction')"
+                )
+                busy += len(cursor.fetchall())
+                time.sleep(0.02)
             cursor.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE datname = current_database() AND pid <> pg_backend_pid() "
                 "AND application_name = 'chaos-worker'"
             )
-            return f"{len(cursor.fetchall())} idle worker connection(s) terminated"
+            idle = len(cursor.fetchall())
+        return f"{busy} busy and {idle} idle worker connection(s) terminated"
 
     # --- end ------------------------------------------------------------------------
     def all_logs(self) -> list:
@@ -300,7 +311,18 @@ def check_invariants(loader: Loader) -> dict:
     # Every event emitted exactly once, never early; every send_event memo has its events.
     events = list(Event.objects.all())
     deliveries = Counter(EmissionLog.objects.values_list("event_id", flat=True))
+    invoked = Counter(
+        WorkflowRun.objects.filter(parent__isnull=False).values_list("event_id", flat=True)
+    )
+    finished = Counter(
+        str(event.data.get("run_id")) for event in events if event.name == RUN_FINISHED
+    )
     for event in events:
+        if event.name == INVOKED:  # a child's trigger: stored, never broadcast
+            if invoked.get(event.pk, 0) != 1:
+                kind = "lost invoked runs" if not invoked.get(event.pk) else "duplicate triggers"
+                problems[kind].append(f"{invoked.get(event.pk, 0)} runs for {event.pk}")
+            continue
         if event.status != EventStatus.EMITTED:
             problems["events never emitted"].append(f"{event.name} {event.pk} ts={event.ts}")
             continue
@@ -324,6 +346,14 @@ def check_invariants(loader: Loader) -> dict:
             problems["send_event memos without exactly one event"].append(
                 f"run {memo.run_id} step {memo.step_id}: {per_memo.get(memo.pk, 0)}"
             )
+
+    # Where the engine announces the end of runs, exactly one announcement per run.
+    if RUN_FINISHED:
+        for run in runs:
+            count = finished.get(str(run.pk), 0)
+            if run.status in TERMINAL_STATUSES and count != 1:
+                kind = "lost run.finished events" if not count else "duplicate run.finished events"
+                problems[kind].append(f"{run.workflow_id} {run.pk}: {count}")
 
     # Every subscribed workflow triggered exactly once per event.
     triggered = Counter(
@@ -350,6 +380,7 @@ def check_invariants(loader: Loader) -> dict:
         "by_workflow": dict(Counter(run.workflow_id for run in by_id.values())),
         "statuses": dict(Counter(run.status for run in runs)),
         "reruns_before_memo": reruns_before_memo,
+        "retried_steps": StepResult.objects.filter(attempt__gt=0).count(),
     }
 
 
@@ -358,6 +389,7 @@ DUPLICATE_KINDS = {
     "bodies re-executed after their memo",
     "events delivered twice",
     "duplicate triggers",
+    "duplicate run.finished events",
 }
 LOSS_KINDS = {
     "stuck runs",
@@ -367,6 +399,8 @@ LOSS_KINDS = {
     "send_event memos without exactly one event",
     "lost triggers",
     "memos without a body execution",
+    "lost invoked runs",
+    "lost run.finished events",
 }
 
 
@@ -383,7 +417,7 @@ def test_chaos_loses_nothing_and_does_nothing_twice(transactional_db, request, c
     try:
         with broker_url(redis.url):
             cluster.start()
-            loader = Loader(orders, seconds * 0.75)
+            loader = Loader(orders, seconds)
             loader.start()
             faults = inject_faults(cluster, seconds)
             loader.join(timeout=120)
@@ -445,6 +479,7 @@ def summarise(report, faults, delays, seconds, quiescence, settled, started) -> 
         "quiescence_seconds": round(quiescence, 1),
         "settled": settled,
         "reruns_before_memo": report["reruns_before_memo"],
+        "retried_steps": report["retried_steps"],
         "duplicates": duplicates,
         "losses": losses,
         "problems": {k: len(v) for k, v in problems.items()},
@@ -479,6 +514,7 @@ def summarise(report, faults, delays, seconds, quiescence, settled, started) -> 
         else f"  quiescence:  NOT reached within {QUIESCENCE_TIMEOUT:g}s",
         "  step bodies run again before their memo was stored (at-least-once, allowed): "
         f"{report['reruns_before_memo']}",
+        f"  steps retried (a try failed, e.g. its connection was cut): {report['retried_steps']}",
         f"  duplicates:  {duplicates}",
         f"  losses:      {losses}",
     ]

@@ -176,7 +176,7 @@ class Cluster:
 
 
 class Loader(threading.Thread):
-    """Sends the trigger events, spread over the first part of the fault window."""
+    """Sends the trigger events, spread evenly over the fault window."""
 
     def __init__(self, orders: int, seconds: float) -> None:
         super().__init__(name="chaos-loader", daemon=True)

@@ -44,13 +44,24 @@ class WorkflowsSettings:
     QUEUE: str | None = None
 
 
+_KNOWN = frozenset(f.name for f in fields(WorkflowsSettings))
+#: The last ``WORKFLOWS`` seen, a copy of it, and its settings: ``get`` is called on
+#: every step, so it rebuilds them only when ``WORKFLOWS`` changed.
+_last: tuple[dict, dict, WorkflowsSettings] | None = None
+
+
 def get() -> WorkflowsSettings:
     """Return the current settings (read on every call, so tests may override them)."""
+    global _last
     overrides = getattr(django_settings, "WORKFLOWS", {}) or {}
-    known = {f.name for f in fields(WorkflowsSettings)}
-    unknown = set(overrides) - known
+    last = _last
+    if last is not None and last[0] is overrides and last[1] == overrides:
+        return last[2]
+    unknown = set(overrides) - _KNOWN
     if unknown:
         raise ImproperlyConfigured(
-            f"WORKFLOWS has unknown keys {sorted(unknown)}; allowed: {sorted(known)}"
+            f"WORKFLOWS has unknown keys {sorted(unknown)}; allowed: {sorted(_KNOWN)}"
         )
-    return WorkflowsSettings(**overrides)
+    current = WorkflowsSettings(**overrides)
+    _last = (overrides, dict(overrides), current)
+    return current

@@ -17,7 +17,7 @@ import time
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.db.models import Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -209,15 +209,16 @@ def _insert_fenced(memo: StepResult, run_id: Any, token: str) -> bool:
             fields,
         )
     sql, fields = _insert_sql
-    params = [f.get_db_prep_save(f.pre_save(memo, True), connection) for f in fields]
-    with connection.cursor() as cursor:
+    conn = connections[DEFAULT_DB_ALIAS]  # one thread-local lookup, not one per field
+    params = [f.get_db_prep_save(f.pre_save(memo, True), conn) for f in fields]
+    with conn.cursor() as cursor:
         cursor.execute(sql, [*params, run_id, token])
         row = cursor.fetchone()
     if row is None:
         return False
     memo.pk = row[0]
     memo._state.adding = False
-    memo._state.db = connection.alias
+    memo._state.db = conn.alias
     return True
 
 

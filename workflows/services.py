@@ -151,6 +151,12 @@ def replay_run(
     the transaction commits.
     """
     original = get_run(run_id, workspace=workspace)
+    if original.is_branch:
+        raise NotReplayableError(
+            f"run {original.pk} is branch {original.branch_index} of a step.parallel of run "
+            f"{original.parent_id}: replay that run instead (from the parallel step to re-run "
+            "its branches)"
+        )
     _check_registered(original.workflow_id)
     kept: list[StepResult] = []
     if from_step is not None:

@@ -159,12 +159,11 @@ class Step:
                 failure = NonRetriableError(
                     f"step {step_id!r} returned a value that is not JSON-serialisable: {exc}"
                 )
-        row = stored or StepResult(
-            run_id=ex.run.pk,
-            step_id=step_id,
-            key=key,
-            position=position,
-            kind=StepKind.RUN,
+        row = stored or self._memo(
+            step_id,
+            key,
+            position,
+            StepKind.RUN,
         )
         if stored is None:
             row.started_at = started
@@ -236,12 +235,11 @@ class Step:
         ex = self._ex
         event_ids = [uuid.uuid4() for _ in specs]
         now = timezone.now()
-        row = StepResult(
-            run_id=ex.run.pk,
-            step_id=step_id,
-            key=key,
-            position=position,
-            kind=StepKind.SEND_EVENT,
+        row = self._memo(
+            step_id,
+            key,
+            position,
+            StepKind.SEND_EVENT,
             status=StepStatus.COMPLETED,
             output={"event_ids": [str(event_id) for event_id in event_ids]},
             started_at=now,
@@ -337,12 +335,11 @@ class Step:
             )
             doorbell.ring_on_commit([ex.run.pk], at=stored.wake_at)
             raise Suspend()
-        row = StepResult(
-            run_id=ex.run.pk,
-            step_id=step_id,
-            key=key,
-            position=position,
-            kind=StepKind.SLEEP,
+        row = self._memo(
+            step_id,
+            key,
+            position,
+            StepKind.SLEEP,
             started_at=now,
             wake_at=wake,
         )
@@ -400,12 +397,11 @@ class Step:
             raise self._step_error(stored)
         now = timezone.now()
         expires = now + wait_for
-        row = StepResult(
-            run_id=ex.run.pk,
-            step_id=step_id,
-            key=key,
-            position=position,
-            kind=StepKind.WAIT_FOR_EVENT,
+        row = self._memo(
+            step_id,
+            key,
+            position,
+            StepKind.WAIT_FOR_EVENT,
             status=StepStatus.WAITING,
             started_at=now,
             wake_at=expires,
@@ -483,12 +479,11 @@ class Step:
                 return (stored.output or {}).get("output")
             raise self._step_error(stored)
         now = timezone.now()
-        row = StepResult(
-            run_id=ex.run.pk,
-            step_id=step_id,
-            key=key,
-            position=position,
-            kind=StepKind.INVOKE,
+        row = self._memo(
+            step_id,
+            key,
+            position,
+            StepKind.INVOKE,
             started_at=now,
         )
         try:
@@ -583,12 +578,11 @@ class Step:
                 return list(stored.output or [])
             raise self._step_error(stored)
         now = timezone.now()
-        row = StepResult(
-            run_id=ex.run.pk,
-            step_id=step_id,
-            key=key,
-            position=position,
-            kind=StepKind.PARALLEL,
+        row = self._memo(
+            step_id,
+            key,
+            position,
+            StepKind.PARALLEL,
             status=StepStatus.WAITING,
             started_at=now,
             output={"branches": len(branches)},
@@ -659,7 +653,7 @@ class Step:
             if not Wait.objects.filter(step=stored).exists():
                 return self._reload(stored)
             # Rung before anything arrived (a duplicate message): wait on.
-            self._guard(self._wait_again, stored.wake_at)
+            self._suspend_waiting(stored.wake_at)
             raise Suspend()
         with self._atomic():
             gone = Wait.objects.filter(step=stored).delete()[0]
@@ -681,13 +675,6 @@ class Step:
         ex.memos[stored.key] = stored
         return stored
 
-    def _wait_again(self, until: datetime | None) -> None:
-        ex = self._ex
-        due = self._due(until) if until is not None else None
-        leases.suspend(ex.run.pk, ex.token, RunStatus.WAITING, until, due)
-        if until is not None:
-            doorbell.ring_on_commit([ex.run.pk], at=until)
-
     def _reload(self, stored: StepResult) -> StepResult:
         fresh = StepResult.objects.get(pk=stored.pk)
         self._ex.memos[fresh.key] = fresh
@@ -698,7 +685,7 @@ class Step:
     def _settle_parallel(self, stored: StepResult, count: int) -> StepResult:
         ex = self._ex
         if Wait.objects.filter(step=stored).exists():
-            self._guard(self._wait_again, None)
+            self._suspend_waiting(None)
             raise Suspend()
         branches = list(
             WorkflowRun.objects.filter(parent_id=ex.run.pk, branch_key=stored.key).order_by(
@@ -762,6 +749,12 @@ class Step:
             )
             raise ex.fatal
         return key, position, stored
+
+    def _memo(self, step_id: str, key: str, position: int, kind: str, **fields: Any) -> StepResult:
+        """A new, unsaved memo of this run."""
+        return StepResult(
+            run_id=self._ex.run.pk, step_id=step_id, key=key, position=position, kind=kind, **fields
+        )
 
     def _save(self, row: StepResult, **options: Any) -> None:
         self._guard(leases.save_step, self._ex.run.pk, self._ex.token, row, **options)

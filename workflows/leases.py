@@ -134,6 +134,15 @@ def _loader(model: type) -> Any:
 #: lease, so it is resumed, replays its memos and ends again. Either saves a disk flush.
 _RELAXED = "SET LOCAL synchronous_commit TO OFF; "
 
+
+def _past_relaxed(cursor: Any) -> None:
+    """Move to the result of the statement after ``_RELAXED`` (psycopg 2 is there)."""
+    from django.db.backends.postgresql.psycopg_any import is_psycopg3  # PostgreSQL only
+
+    if is_psycopg3:
+        cursor.cursor.nextset()
+
+
 _claim_sql: tuple[str, Any, Any, Any] | None = None
 
 
@@ -185,7 +194,7 @@ def _claim_pg(run_id: Any, token: str, now: datetime, lease: datetime) -> Workfl
     with connection.cursor() as cursor:
         if not connection.in_atomic_block:
             cursor.execute(_RELAXED + sql, params)
-            cursor.cursor.nextset()
+            _past_relaxed(cursor)
         else:
             cursor.execute(sql, params)
         row = cursor.fetchone()
@@ -365,7 +374,7 @@ def finish(run_id: Any, token: str, status: str, *, output: Any = None, error: A
                     token,
                 ],
             )
-            cursor.cursor.nextset()
+            _past_relaxed(cursor)
             return cursor.rowcount == 1
     return bool(
         WorkflowRun.objects.filter(pk=run_id, lease_owner=token, status=RunStatus.RUNNING).update(

@@ -22,7 +22,10 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--peers", default="ours,celery,dbos", help="which contenders to run")
     parser.add_argument("--fanout", type=int, help="events of W2 (default: 200 quick, 1000 full)")
     parser.add_argument(
-        "--out", default=str(config.RESULTS_DIR / "latest"), help="path of the .json/.png"
+        "--out",
+        help="path of the .json/.png without suffix (default: bench/results/latest, or "
+        "bench/results/quick with --quick, so a smoke test never replaces the published "
+        "full figures)",
     )
     return parser.parse_args(argv)
 
@@ -34,6 +37,8 @@ def _interrupt(signum: int, _frame) -> None:
 def main(argv: list[str]) -> int:
     """Run the bench; 0 if it ran (whatever the figures say)."""
     args = _parse(argv)
+    if args.out is None:
+        args.out = str(config.RESULTS_DIR / ("quick" if args.quick else "latest"))
     for sig in (signal.SIGTERM, signal.SIGINT):  # SIGINT too: a background job ignores it
         signal.signal(sig, _interrupt)
     sizes = runner.QUICK if args.quick else runner.FULL

@@ -5,6 +5,7 @@ into ``{"1": "a"}`` and write ``NaN``, and PostgreSQL's ``jsonb`` refuses ``\\u0
 Each of those is refused here with the path of the offending value.
 """
 
+import itertools
 import json
 import math
 import re
@@ -162,13 +163,20 @@ def batch(items: Any) -> list[EventSpec]:
         raise EventError(
             "events must be a list of dicts with 'name' and optional 'data', 'ts', 'id'"
         )
-    items = list(items)
-    if not items:
+    limit = settings.MAX_BATCH_SIZE
+    # A sized batch says how big it is; from any other iterable read one past the
+    # limit, never more, so a huge generator is refused in bounded memory.
+    total = len(items) if hasattr(items, "__len__") else None
+    if total is None or total <= limit:
+        items = list(itertools.islice(iter(items), limit + 1))
+        total = len(items) if len(items) <= limit else None
+    if total == 0:
         raise EventError("events must not be empty")
-    if len(items) > settings.MAX_BATCH_SIZE:
+    if total is None or total > limit:
+        got = "more" if total is None else str(total)
         raise EventError(
-            f"a batch holds at most {settings.MAX_BATCH_SIZE} events "
-            f"(EVENTBUS['MAX_BATCH_SIZE']); got {len(items)}: split it"
+            f"a batch holds at most {limit} events (EVENTBUS['MAX_BATCH_SIZE']); "
+            f"got {got}: split it"
         )
     specs = []
     allowed = {"name", "data", "ts", "id"}

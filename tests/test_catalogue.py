@@ -540,10 +540,147 @@ ADMIN_CASES = [
          f"(?i)workflow run with ID “{UNKNOWN}” doesn’t exist"),
 ]  # fmt: skip
 
+
 # --- wait_for_event / invoke / cancel_on ----------------------------------------------------
 # Cases for the coordination steps and options go here (same Case shape; "step" cases
 # run their ``act`` as the body of the ``cat-step`` workflow).
-COORDINATION_CASES: list[Case] = []
+def wait(**options: Any) -> Callable[[Any], Any]:
+    return lambda ctx: ctx.step.wait_for_event("w", **{"event": "cat/e", "timeout": 5, **options})
+
+
+COORDINATION_CASES = [
+    Case(
+        "wfe-timeout-zero",
+        "step",
+        wait(timeout=0),
+        r"wait_for_event\('w'\): timeout: .*more than zero",
+    ),
+    Case("wfe-timeout-negative", "step", wait(timeout=-1), "must be more than zero, got -1"),
+    Case("wfe-timeout-missing", "step", wait(timeout=None), "timeout is required"),
+    Case("wfe-timeout-garbage", "step", wait(timeout="3 fortnights"), "is not a duration"),
+    Case("wfe-timeout-century", "step", wait(timeout="40000d"), "longer than the limit"),
+    Case(
+        "wfe-match-bare-field", "step", wait(match="orderId"), "dotted path into the event's data"
+    ),
+    Case("wfe-match-not-str", "step", wait(match=5), "dotted path"),
+    Case("wfe-match-empty-part", "step", wait(match="data..id"), "dotted path"),
+    Case(
+        "wfe-match-absent-in-trigger",
+        "step",
+        wait(match="data.orderId"),
+        "trigger event has no data.orderId",
+    ),
+    Case("wfe-if-unparsable", "step", wait(if_="async.data.x =="), "CEL expression does not parse"),
+    Case("wfe-if-empty", "step", wait(if_=" "), "if_ must be a CEL expression"),
+    Case("wfe-event-missing", "step", wait(event=None), "event name must be a string"),
+    Case("wfe-event-wildcard", "step", wait(event="cat/*"), "is malformed"),
+    Case(
+        "invoke-plain-function",
+        "step",
+        lambda ctx: ctx.step.invoke("i", workflow=len),
+        "decorate the function with @workflow",
+    ),
+    Case(
+        "invoke-timeout-zero",
+        "step",
+        lambda ctx: ctx.step.invoke("i", workflow="cat-step", timeout=0),
+        "more than zero",
+    ),
+    Case(
+        "invoke-data-nan",
+        "step",
+        lambda ctx: ctx.step.invoke("i", workflow="cat-step", data={"x": math.nan}),
+        "nan is not allowed",
+    ),
+    Case(
+        "invoke-unknown-id",
+        "step",
+        lambda ctx: ctx.step.invoke("i", workflow="no-such-wf"),
+        "unknown workflow id 'no-such-wf'",
+        failed_memo=True,
+    ),
+    Case(
+        "parallel-empty",
+        "step",
+        lambda ctx: ctx.step.parallel("p", []),
+        "non-empty list of functions",
+    ),
+    Case(
+        "parallel-not-callable",
+        "step",
+        lambda ctx: ctx.step.parallel("p", [len, 3]),
+        "branch 1 is a int, not a function",
+    ),
+    Case(
+        "parallel-too-many",
+        "step",
+        lambda ctx: ctx.step.parallel("p", [len] * 101),
+        "101 branches; the limit is 100",
+    ),
+    Case(
+        "cancel-on-no-event",
+        "@workflow",
+        define(id="cat-c", cancel_on=[{"match": "data.x"}]),
+        "needs an 'event'",
+        ImproperlyConfigured,
+    ),
+    Case(
+        "cancel-on-wildcard",
+        "@workflow",
+        define(id="cat-c", cancel_on=[{"event": "cat/*"}]),
+        "no wildcard",
+        ImproperlyConfigured,
+    ),
+    Case(
+        "cancel-on-bad-match",
+        "@workflow",
+        define(id="cat-c", cancel_on=[{"event": "cat/e", "match": "x"}]),
+        "dotted path",
+        ImproperlyConfigured,
+    ),
+    Case(
+        "cancel-on-bad-if",
+        "@workflow",
+        define(id="cat-c", cancel_on=[{"event": "cat/e", "if": "a ==="}]),
+        "does not parse",
+        ImproperlyConfigured,
+    ),
+    Case(
+        "cancel-on-zero-timeout",
+        "@workflow",
+        define(id="cat-c", cancel_on=[{"event": "cat/e", "timeout": 0}]),
+        "more than zero",
+        ImproperlyConfigured,
+    ),
+    Case(
+        "cancel-on-unknown-key",
+        "@workflow",
+        define(id="cat-c", cancel_on=[{"event": "cat/e", "when": 1}]),
+        "unknown keys",
+        ImproperlyConfigured,
+    ),
+    Case(
+        "timeouts-negative",
+        "@workflow",
+        define(id="cat-c", timeouts={"finish": -5}),
+        "more than zero",
+        ImproperlyConfigured,
+    ),
+    Case(
+        "timeouts-unknown-key",
+        "@workflow",
+        define(id="cat-c", timeouts={"end": "1h"}),
+        "'start' and/or 'finish'",
+        ImproperlyConfigured,
+    ),
+    Case(
+        "on-failure-not-callable",
+        "@workflow",
+        define(id="cat-c", on_failure="tell me"),
+        "on_failure must be a plain function",
+        ImproperlyConfigured,
+    ),
+]
 
 CASES = SEND_CASES + STEP_CASES + WORKFLOW_CASES + COMMAND_CASES + ADMIN_CASES + COORDINATION_CASES
 STEP_BODIES.update({case.id: case.act for case in COORDINATION_CASES if case.entry == "step"})
@@ -702,12 +839,6 @@ def test_a_batch_at_the_documented_limit_is_accepted():
     assert len(set(ids)) == 10_000 == Event.objects.count()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="eventbus.validation.batch() calls list(items) before checking MAX_BATCH_SIZE, "
-    "so an iterable of 100,000 distinct events is materialised (~40 MB) before the "
-    "refusal; fix: list(itertools.islice(items, MAX_BATCH_SIZE + 1))",
-)
 def test_a_generator_of_100000_events_is_refused_in_bounded_memory():
     events = ({"name": "cat/x", "data": {"i": i}} for i in range(100_000))
     with pytest.raises(eventbus.EventError, match="at most 10000 events"):

@@ -83,8 +83,9 @@ class WorkflowRun(models.Model):
     """One execution of a workflow for one trigger event."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # Not indexed on its own: the (workspace, created_at) index serves its lookups.
     workspace = models.ForeignKey(
-        "eventbus.Workspace", on_delete=models.PROTECT, related_name="runs"
+        "eventbus.Workspace", on_delete=models.PROTECT, related_name="runs", db_index=False
     )
     workflow_id = models.CharField(max_length=200)
     event = models.ForeignKey(
@@ -179,7 +180,10 @@ class WorkflowRun(models.Model):
 class StepResult(models.Model):
     """The memo of one step of a run: what it returned or how it failed."""
 
-    run = models.ForeignKey(WorkflowRun, on_delete=models.CASCADE, related_name="steps")
+    # Not indexed on its own: the unique (run, key) index serves its lookups.
+    run = models.ForeignKey(
+        WorkflowRun, on_delete=models.CASCADE, related_name="steps", db_index=False
+    )
     step_id = models.CharField(max_length=255)
     key = models.CharField(max_length=40, help_text="SHA-1 memo key of the step id and repeat.")
     position = models.PositiveIntegerField(help_text="Order of the step in its run.")

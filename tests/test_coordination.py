@@ -510,3 +510,13 @@ def test_show_run_and_the_admin_say_what_a_run_waits_for(admin_client):
     )
     page = admin_client.get(f"/admin/workflows/workflowrun/{parent.pk}/change/").content.decode()
     assert f"/admin/workflows/workflowrun/{kid.pk}/change/" in page  # links to its child
+
+
+def test_a_replay_gets_the_timeouts_and_cancel_on_of_a_new_run():
+    run = start("coord/subscription.started", {"userId": "u5"})
+    replay = services.replay_run(run.pk)
+    assert Wait.objects.filter(run=replay, kind=WaitKind.CANCEL).count() == 1
+    send("coord/subscription.ended", {"userId": "u5"})
+    replay.refresh_from_db()
+    run.refresh_from_db()
+    assert replay.status == RunStatus.CANCELLED and run.status == RunStatus.CANCELLED

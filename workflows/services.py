@@ -22,7 +22,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
 from eventbus.models import Event, EventStatus
-from workflows import conf, doorbell, lifecycle, registry
+from workflows import doorbell, lifecycle, registry, waits
 from workflows.console_errors import (
     ConsoleError,
     MalformedIdError,
@@ -99,18 +99,15 @@ def _check_registered(workflow_id: str) -> None:
 
 
 def _new_run(original_event: Event, workflow_id: str, replay_of: WorkflowRun | None):
-    now = timezone.now()
-    return WorkflowRun(
-        id=uuid.uuid4(),
-        workspace_id=original_event.workspace_id,
-        workflow_id=workflow_id,
-        event=original_event,
-        status=RunStatus.QUEUED,
-        replay_of=replay_of,
-        # If the bell is lost, the dispatcher rings again after this (as for new runs).
-        due_at=now + timedelta(seconds=conf.get().RING_TIMEOUT_SECONDS),
-        created_at=now,
-    )
+    """A new queued run (not saved): timeouts as for any new run; see :func:`_started`."""
+    return lifecycle.new_run(original_event, registry.get(workflow_id), replay_of=replay_of)
+
+
+def _started(run: WorkflowRun) -> None:
+    """After saving a new run: its ``cancel_on`` waits, as for a run an event started."""
+    wf = registry.get(run.workflow_id)
+    if wf.cancel_on:
+        waits.cancel_waits_for([(run, wf)])
 
 
 def steps_before(run: WorkflowRun, from_step: str) -> tuple[StepResult, list[StepResult]]:
@@ -164,6 +161,7 @@ def replay_run(
     with transaction.atomic():
         run = _new_run(original.event, original.workflow_id, original)
         run.save(force_insert=True)
+        _started(run)
         now = run.created_at
         # Copies took no time in the new run: they sit at its start on the timeline.
         StepResult.objects.bulk_create(
@@ -213,6 +211,7 @@ def replay_event(event_id: Any, *, workspace: str | None = None) -> list[Workflo
         runs = [_new_run(event, wf.id, originals.get(wf.id)) for wf in workflows]
         for run in runs:
             run.save(force_insert=True)
+            _started(run)
         doorbell.ring_on_commit(run.pk for run in runs)
     return runs
 

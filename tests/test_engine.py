@@ -248,3 +248,25 @@ def test_context_carries_the_event_run_and_workspace():
     assert ctx.run_id == str(run.pk) and ctx.workspace == "acme"
     assert ctx.event.name == "test/wild/x" and ctx.event.data == {"k": 1}
     assert isinstance(ctx.event.ts, int) and ctx.attempt == 0
+
+
+def test_a_lost_database_connection_outside_steps_interrupts_and_does_not_fail_the_run():
+    from django.db import OperationalError
+
+    from workflows import registry, workflow
+    from workflows.steps import EngineInterrupt
+
+    @workflow(id="t-conn-lost", trigger="test/conn-lost")
+    def conn_lost(ctx):
+        ctx.step.run("one", lambda: 1)
+        raise OperationalError("server closed the connection unexpectedly")
+
+    try:
+        run = start("test/conn-lost")
+        with no_broker(), pytest.raises(EngineInterrupt):
+            engine.execute(run.pk)
+    finally:
+        registry.unregister("t-conn-lost")
+    run.refresh_from_db()
+    assert run.status == RunStatus.RUNNING and run.error is None  # resumed once the lease ends
+    assert run.steps.get().status == StepStatus.COMPLETED

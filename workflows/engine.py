@@ -17,6 +17,7 @@ from contextlib import nullcontext
 from datetime import timedelta
 from typing import Any
 
+from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
 from eventbus import bus
@@ -113,6 +114,12 @@ def execute(run_id: Any, *, keep_lease_alive: bool = False) -> str:
         except EngineInterrupt as exc:
             ctx.logger.error("could not store a step (%s); the run will be resumed", exc)
             raise
+        except (OperationalError, InterfaceError) as exc:
+            # The database connection failed under the workflow, outside a step body:
+            # not the workflow's fault. Nothing is marked; the lease expires and another
+            # execution resumes the run from its memos.
+            ctx.logger.error("lost the database connection (%s); the run will be resumed", exc)
+            raise EngineInterrupt(exc) from exc
         except Exception as exc:
             return _fail(execution, execution.fatal or exc)
         if execution.fatal is not None:

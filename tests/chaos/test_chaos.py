@@ -100,6 +100,10 @@ class Cluster:
         self.retired: list[Worker] = []
         self.dispatcher: Dispatcher | None = None
         self.retired_dispatchers: list[Dispatcher] = []
+        #: Processes that exited on their own and were started again, as a process
+        #: supervisor (systemd, Kubernetes) would (e.g. kombu can crash a worker while it
+        #: reconnects to a Redis that restarted).
+        self.revived = 0
 
     def start(self) -> None:
         for _ in range(WORKERS):
@@ -162,6 +166,20 @@ class Cluster:
             idle = len(cursor.fetchall())
         return f"{busy} busy and {idle} idle worker connection(s) terminated"
 
+    def supervise(self) -> None:
+        """Start again any worker or dispatcher whose process has exited."""
+        for worker in list(self.workers):
+            if worker.process is not None and worker.process.poll() is not None:
+                self.workers.remove(worker)
+                self.retired.append(worker)
+                self.workers.append(self._worker())
+                self.revived += 1
+        old = self.dispatcher
+        if old is not None and old.process is not None and old.process.poll() is not None:
+            self.retired_dispatchers.append(old)
+            self.dispatcher = Dispatcher(env=self.dispatcher_env).start()
+            self.revived += 1
+
     # --- end ------------------------------------------------------------------------
     def all_logs(self) -> list:
         return [*self.workers, *self.retired, self.dispatcher, *self.retired_dispatchers]
@@ -217,6 +235,7 @@ def inject_faults(cluster: Cluster, seconds: float) -> list[Fault]:
     pending: list[str] = []
     while True:
         time.sleep(random.uniform(2.0, 4.5))
+        cluster.supervise()
         if time.monotonic() > deadline:
             return faults
         if not pending:
@@ -441,6 +460,7 @@ def test_chaos_loses_nothing_and_does_nothing_twice(transactional_db, request, c
 
             deadline = time.monotonic() + QUIESCENCE_TIMEOUT
             while not quiet() and time.monotonic() < deadline:
+                cluster.supervise()
                 time.sleep(0.5)
             quiescence = time.monotonic() - faults_over
             settled = quiet()
@@ -449,6 +469,7 @@ def test_chaos_loses_nothing_and_does_nothing_twice(transactional_db, request, c
         summary = summarise(report, faults, delays, seconds, quiescence, settled, started)
         with capsys.disabled():
             print("\n" + summary["text"])
+            print(f"  supervisor: {cluster.revived} process(es) restarted after exiting")
         out = Path(os.environ.get("VAR_DIR", ROOT / "var"))
         out.mkdir(parents=True, exist_ok=True)
         (out / "chaos-summary.json").write_text(json.dumps(summary["figures"], indent=2))

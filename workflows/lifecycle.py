@@ -83,10 +83,10 @@ def ended(run: WorkflowRun) -> None:
         )
     if run.is_branch or run.event.name.startswith(_SYSTEM_PREFIX):
         return
-    _emit_system_events(run)
+    _emit_system_events(run, wf)
 
 
-def _emit_system_events(run: WorkflowRun) -> None:
+def _emit_system_events(run: WorkflowRun, wf: registry.Workflow | None) -> None:
     data: dict[str, Any] = {
         "run_id": str(run.pk),
         "workflow_id": run.workflow_id,
@@ -104,7 +104,6 @@ def _emit_system_events(run: WorkflowRun) -> None:
         names.append(RUN_CANCELLED)
     specs = [_spec(name, data) for name in names]
     ids = bus.store(specs, run.workspace)
-    wf = _registered(run.workflow_id)
     if run.status != RunStatus.FAILED or wf is None or wf.on_failure is None:
         return
     failed_event = Event.objects.get(pk=ids[-1])
@@ -183,10 +182,10 @@ def expire_timeouts(limit: int) -> int:
 
 def timeout_reason(workflow_id: str, *, started: bool) -> str:
     """Why a run was cancelled by its workflow's ``timeouts``."""
-    try:
-        limits = registry.get(workflow_id).timeouts
-    except UnknownWorkflowError:
+    wf = _registered(workflow_id)
+    if wf is None:
         return "timed out"
+    limits = wf.timeouts
     if started:
         return f"timed out: did not finish within {limits.finish} of its start"
     return f"timed out: did not start within {limits.start} of its creation"

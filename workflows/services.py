@@ -11,6 +11,7 @@ a run that is still active is allowed: both then execute independently (the repl
 not wait for, or stop, the original; cancel the original first if that is wanted).
 """
 
+import json
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
 from eventbus.models import Event, EventStatus
-from workflows import doorbell, lifecycle, registry, waits
+from workflows import doorbell, lifecycle, matching, registry, waits
 from workflows.console_errors import (
     ConsoleError,
     MalformedIdError,
@@ -38,6 +39,8 @@ from workflows.models import (
     RunStatus,
     StepResult,
     StepStatus,
+    Wait,
+    WaitKind,
     WorkflowRun,
 )
 
@@ -353,8 +356,6 @@ def describe_waits(run: WorkflowRun) -> list[str]:
 
     E.g. ``event 'shop/order.paid' where data.orderId = "o1", until 2026-11-27 10:00``.
     """
-    from workflows.models import Wait, WaitKind
-
     lines: list[str] = []
     if run.is_branch:
         lines.append(f"is branch {run.branch_index} of a step.parallel of run {run.parent_id}")
@@ -388,13 +389,9 @@ def describe_waits(run: WorkflowRun) -> list[str]:
     return lines
 
 
-def _condition(wait: Any) -> str:
-    import json
-
+def _condition(wait: Wait) -> str:
     parts = []
     if wait.match:
-        from workflows import matching
-
         found, value = matching.lookup({"data": wait.run.event.data}, wait.match)
         shown = json.dumps(value, ensure_ascii=False)[:80] if found else "?"
         parts.append(f"{wait.match} = {shown}")

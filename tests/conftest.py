@@ -30,51 +30,52 @@ def wait_until(
         time.sleep(interval)
 
 
-class Worker:
-    """A real ``celery -A settings worker`` process (with its dispatcher thread)."""
+class ProjectProcess:
+    """A real process of the project (a worker, the dispatcher) against the test database.
 
-    def __init__(self, concurrency: int = 2, env: dict[str, str] | None = None) -> None:
-        self.concurrency = concurrency
+    Started in its own session, so :meth:`kill` takes its children with it; its output
+    goes to a log file that :meth:`tail` reads.
+    """
+
+    #: What the process is called in messages, and the prefix of its log file.
+    kind = "process"
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
         self.extra_env = env or {}
-        self.log = Path(tempfile.mkstemp(prefix="worker-", suffix=".log")[1])
+        self.log = Path(tempfile.mkstemp(prefix=f"{self.kind}-", suffix=".log")[1])
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "Worker":
-        env = dict(os.environ)
-        env.update(
+    def _spawn(self, command: list[str], ready: bytes, **env: str) -> None:
+        """Start ``command``; wait until its log shows ``ready`` (fail if it exits)."""
+        full_env = dict(os.environ)
+        full_env.update(
             DJANGO_SETTINGS_MODULE="tests.settings",
             WORKFLOWS_TEST_DATABASE_NAME=str(connection.settings_dict["NAME"]),
             PYTHONPATH=str(ROOT),
+            **env,
         )
-        env.update(self.extra_env)
-        command = [
-            sys.executable, "-m", "celery", "-A", "settings", "worker",
-            "--loglevel", "INFO", "--concurrency", str(self.concurrency), "--pool", "prefork",
-            "--hostname", f"test-{uuid.uuid4().hex[:8]}@%h",
-            "--without-mingle", "--without-gossip", "--without-heartbeat",
-        ]  # fmt: skip
+        full_env.update(self.extra_env)
         handle = self.log.open("ab")
         self.process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT,
+            command, cwd=ROOT, env=full_env, stdout=handle, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
         wait_until(
-            lambda: b"ready." in self.log.read_bytes() or self.process.poll() is not None,
+            lambda: ready in self.log.read_bytes() or self.process.poll() is not None,
             timeout=60,
-            what="the worker to start",
+            what=f"the {self.kind} to start",
         )
         if self.process.poll() is not None:
-            pytest.fail(f"worker exited at start:\n{self.tail()}")
-        return self
+            pytest.fail(f"{self.kind} exited at start:\n{self.tail()}")
 
     def kill(self) -> None:
-        """SIGKILL the worker and its pool children at once, as a crash would."""
+        """SIGKILL the process and its children at once, as a crash would."""
         if self.process and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=30)
 
     def stop(self) -> None:
-        """Stop gracefully (warm shutdown), or kill after a grace period."""
+        """Stop it with SIGTERM (a warm shutdown), or kill it after a grace period."""
         if self.process and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
@@ -83,8 +84,28 @@ class Worker:
                 self.kill()
 
     def tail(self, lines: int = 60) -> str:
-        """The end of the worker's log."""
+        """The end of the process's log."""
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+class Worker(ProjectProcess):
+    """A real ``celery -A settings worker`` process (with its dispatcher thread)."""
+
+    kind = "worker"
+
+    def __init__(self, concurrency: int = 2, env: dict[str, str] | None = None) -> None:
+        super().__init__(env)
+        self.concurrency = concurrency
+
+    def start(self) -> "Worker":
+        command = [
+            sys.executable, "-m", "celery", "-A", "settings", "worker",
+            "--loglevel", "INFO", "--concurrency", str(self.concurrency), "--pool", "prefork",
+            "--hostname", f"test-{uuid.uuid4().hex[:8]}@%h",
+            "--without-mingle", "--without-gossip", "--without-heartbeat",
+        ]  # fmt: skip
+        self._spawn(command, b"ready.")
+        return self
 
 
 @pytest.fixture
@@ -134,57 +155,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class Dispatcher:
+class Dispatcher(ProjectProcess):
     """A real ``manage.py run_dispatcher`` process against the test database."""
 
-    def __init__(self, env: dict[str, str] | None = None) -> None:
-        self.extra_env = env or {}
-        self.log = Path(tempfile.mkstemp(prefix="dispatcher-", suffix=".log")[1])
-        self.process: subprocess.Popen | None = None
+    kind = "dispatcher"
 
     def start(self) -> "Dispatcher":
-        env = dict(os.environ)
-        env.update(
-            DJANGO_SETTINGS_MODULE="tests.settings",
-            WORKFLOWS_TEST_DATABASE_NAME=str(connection.settings_dict["NAME"]),
-            PYTHONPATH=str(ROOT),
-            PYTHONUNBUFFERED="1",
-        )
-        env.update(self.extra_env)
-        handle = self.log.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "manage.py", "run_dispatcher"], cwd=ROOT, env=env, stdout=handle,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-        wait_until(
-            lambda: (
-                b"Dispatcher running" in self.log.read_bytes() or self.process.poll() is not None
-            ),
-            timeout=60,
-            what="the dispatcher to start",
-        )
-        if self.process.poll() is not None:
-            pytest.fail(f"dispatcher exited at start:\n{self.tail()}")
+        command = [sys.executable, "manage.py", "run_dispatcher"]
+        self._spawn(command, b"Dispatcher running", PYTHONUNBUFFERED="1")
         return self
-
-    def kill(self) -> None:
-        """SIGKILL the dispatcher, as a crash would."""
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        """Stop it with SIGTERM (it finishes its pass), or kill it after a grace period."""
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def tail(self, lines: int = 60) -> str:
-        """The end of the dispatcher's log."""
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
 class RedisServer:

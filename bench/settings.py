@@ -1,5 +1,5 @@
 """Django settings of the benchmark: the example project on the bench's own PostgreSQL
-database and Redis db, with the bench workflows and a queue of its own."""
+database and Redis db, with the bench workflows (not the demo's) and a queue of its own."""
 
 import os
 
@@ -18,6 +18,9 @@ if os.environ.get("BENCH_DB_REUSE_MAX"):
     CELERY_DB_REUSE_MAX = int(os.environ["BENCH_DB_REUSE_MAX"]) or None
     if not CELERY_DB_REUSE_MAX:
         DATABASES["default"]["CONN_MAX_AGE"] = 0  # noqa: F405
+# Only the bench workflows: the example app's demo workflows would add a wildcard
+# subscriber that every event name is checked against.
+INSTALLED_APPS = [app for app in INSTALLED_APPS if app != "example"]  # noqa: F405
 WORKFLOWS_MODULES = ["bench.workflows"]
 WORKFLOWS = {"QUEUE": config.WF_QUEUE}
 LOGGING = {

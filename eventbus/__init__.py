@@ -25,7 +25,7 @@ def send(
     Returns the event's id. Raises :class:`EventError` before storing anything when the
     input is invalid.
     """
-    from eventbus import bus
+    from eventbus import bus  # not at import time: it imports models (app registry)
 
     return bus.send(name, data, ts=ts, id=id, workspace=workspace)
 
@@ -35,6 +35,6 @@ def send_batch(events: list[dict[str, Any]], *, workspace: str | None = None) ->
 
     Each item is a dict with ``name`` and optional ``data``, ``ts`` and ``id``.
     """
-    from eventbus import bus
+    from eventbus import bus  # not at import time: it imports models (app registry)
 
     return bus.send_batch(events, workspace=workspace)

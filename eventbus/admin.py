@@ -1,37 +1,72 @@
-"""The console for workspaces and events: read-only pages and the replay-event action.
+"""The console for workspaces and events: read-only pages that need nothing but this app.
 
-Replaying an event needs the custom permission ``eventbus.replay_event``; it calls
-:func:`workflows.services.replay_event`, as the ``replay_event`` command does.
+Also the building blocks of a read-only console that stays fast on large tables
+(:class:`CappedPaginator`, :class:`ReadOnlyAdmin`, :func:`pretty_json`), for other apps'
+admin modules to build on. An app that knows more about events (what they triggered,
+who emitted them) may unregister :class:`EventAdmin` and register a subclass.
 """
 
+import json
+import uuid
 from typing import Any
 
-from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
-from django.db.models import Count, IntegerField, OuterRef, Subquery
-from django.db.models.functions import Coalesce
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
-from django.urls import path, reverse
-from django.utils.html import format_html, format_html_join
-from django.utils.safestring import SafeString, mark_safe
+from django.contrib import admin
+from django.core.paginator import Paginator
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils.functional import cached_property
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
 
 from eventbus.models import Event, Workspace
-from workflows import registry, services
-from workflows.admin_console import (
-    ReadOnlyAdmin,
-    admin_link,
-    badge,
-    confirm,
-    pretty_json,
-    report_error,
-)
-from workflows.console_errors import ConsoleError
-from workflows.models import WorkflowRun
 
-#: Triggered runs listed on an event's page.
-MAX_RUNS_SHOWN = 100
-#: The admin refuses to replay more events than this at once.
-MAX_BULK_ACTION = 200
+
+class CappedPaginator(Paginator):
+    """Counts at most ``CAP`` rows, so a list page never counts a whole large table.
+
+    With ``show_full_result_count = False`` the admin asks only for this count; pages
+    beyond the cap are reached by filtering, which every list offers.
+    """
+
+    CAP = 10_000
+
+    @cached_property
+    def count(self) -> int:
+        """The number of rows, or ``CAP`` if there are at least that many."""
+        if isinstance(self.object_list, QuerySet):
+            # SELECT COUNT(*) FROM (SELECT … LIMIT CAP): bounded work on any table size.
+            return self.object_list[: self.CAP].count()
+        return min(len(self.object_list), self.CAP)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Nothing is added, changed or deleted through the console; everything is seen."""
+
+    paginator = CappedPaginator
+    show_full_result_count = False
+    list_per_page = 50
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        """Rows are written by code only."""
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        """Rows are written by code only."""
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        """Deleting is the retention jobs' business, not the console's."""
+        return False
+
+
+def pretty_json(value: Any) -> SafeString:
+    """``value`` as indented JSON in a ``<pre>`` block."""
+    text = json.dumps(value, indent=2, ensure_ascii=False, default=str)
+    return format_html(
+        '<pre class="wf-json" style="margin:0;white-space:pre-wrap;max-height:40em;'
+        'overflow:auto">{}</pre>',
+        text,
+    )
 
 
 @admin.register(Workspace)
@@ -42,76 +77,27 @@ class WorkspaceAdmin(ReadOnlyAdmin):
     search_fields = ("slug", "name")
 
 
-class NameFilter(admin.SimpleListFilter):
-    """Filter by event name, offering the names workflows subscribe to (no query)."""
-
-    title = "name"
-    parameter_name = "name"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        """Every trigger of a registered workflow; ``prefix/*`` matches a whole family."""
-        names = sorted({t for wf in registry.all_workflows() for t in wf.triggers})
-        return [(name, name) for name in names]
-
-    def queryset(self, request: HttpRequest, queryset: Any) -> Any:
-        """Events with that name (index ``eventbus_event_name``)."""
-        value = self.value()
-        if not value:
-            return queryset
-        if value.endswith("/*"):
-            return queryset.filter(name__startswith=value[:-1])
-        return queryset.filter(name=value)
-
-
 @admin.register(Event)
 class EventAdmin(ReadOnlyAdmin):
-    """Events: what arrived, what it triggered, and replaying it."""
+    """Events: what arrived, when, with what payload, and what emitted it (as ids)."""
 
-    list_display = (
-        "name",
-        "workspace",
-        "status_badge",
-        "ts",
-        "created_at",
-        "emitted_at",
-        "runs_triggered",
-    )
-    list_filter = ("workspace", NameFilter, "status", ("created_at", admin.DateFieldListFilter))
+    list_display = ("name", "workspace", "status", "ts", "created_at", "emitted_at")
+    list_filter = ("workspace", "status", ("created_at", admin.DateFieldListFilter))
     list_select_related = ("workspace",)
+    # Sorting by an unindexed column would sort the whole table: keep the index order.
     sortable_by = ("created_at",)
     search_fields = ("id",)
     search_help_text = "An event id, an idempotency key, or an event name (or its beginning)."
-    actions = ("replay_events",)
     fields = (
         "id",
         "name",
         "workspace",
-        "status_badge",
+        "status",
         ("ts", "created_at", "emitted_at"),
         "idempotency_key",
         "payload",
-        "emitted_by",
-        "triggered_runs",
+        ("source_run_id", "source_step_id"),
     )
-
-    def get_queryset(self, request: HttpRequest) -> Any:
-        """Events with their run count: a correlated subquery, evaluated for shown rows only.
-
-        A ``COUNT`` with ``GROUP BY`` over the join would aggregate the whole table
-        before the page is cut; the subquery uses the index on ``workflowrun.event``.
-        """
-        runs = (
-            WorkflowRun.objects.filter(event=OuterRef("pk"))
-            .order_by()
-            .values("event")
-            .annotate(n=Count("pk"))
-            .values("n")
-        )
-        return (
-            super()
-            .get_queryset(request)
-            .annotate(run_count=Coalesce(Subquery(runs, output_field=IntegerField()), 0))
-        )
 
     def get_search_results(self, request: HttpRequest, queryset: Any, search_term: str) -> Any:
         """Exact, index-backed lookups only: a ``LIKE '%…%'`` would scan the table."""
@@ -119,137 +105,13 @@ class EventAdmin(ReadOnlyAdmin):
         if not term:
             return queryset, False
         try:
-            return queryset.filter(pk=services.parse_id(term, "event")), False
-        except ConsoleError:
+            return queryset.filter(pk=uuid.UUID(term)), False
+        except ValueError:
             pass
         by_key = queryset.filter(idempotency_key=term)
         return by_key | queryset.filter(name__startswith=term), False
-
-    @admin.display(description="status")
-    def status_badge(self, event: Event) -> SafeString:
-        """Scheduled or emitted, colour-coded."""
-        return badge(event.status)
-
-    @admin.display(description="runs")
-    def runs_triggered(self, event: Event) -> int:
-        """How many runs the event triggered (replays included)."""
-        return event.run_count
 
     @admin.display(description="payload")
     def payload(self, event: Event) -> SafeString:
         """The data, as indented JSON."""
         return pretty_json(event.data)
-
-    @admin.display(description="emitted by")
-    def emitted_by(self, event: Event) -> SafeString:
-        """The run and step whose ``send_event`` emitted this event, if any."""
-        if event.source_run_id is None:
-            return format_html("{}", "application code (not a workflow step)")
-        run = event.source_run
-        step = event.source_step
-        url = reverse("admin:workflows_workflowrun_change", args=[run.pk])
-        step_link = (
-            format_html(', step <a href="{}#step-{}">{}</a>', url, step.position, step.step_id)
-            if step is not None
-            else ""
-        )
-        return format_html("run {}{}", admin_link(run, f"{run.workflow_id} {run.pk}"), step_link)
-
-    @admin.display(description="triggered runs")
-    def triggered_runs(self, event: Event) -> SafeString:
-        """The runs this event triggered, replays included."""
-        runs = event.runs.order_by("created_at")[:MAX_RUNS_SHOWN]
-        rows = [
-            (
-                admin_link(run, f"{run.workflow_id} {run.pk}"),
-                badge(run.status),
-                " (replay)" if run.replay_of_id else "",
-            )
-            for run in runs
-        ]
-        if not rows:
-            return format_html("{}", "none")
-        return format_html_join(mark_safe("<br>"), "{} {}{}", rows)
-
-    def has_replay_event_permission(self, request: HttpRequest) -> bool:
-        """May replay events (custom permission ``eventbus.replay_event``)."""
-        return request.user.has_perm("eventbus.replay_event")
-
-    @admin.action(description="Replay selected events", permissions=["replay_event"])
-    def replay_events(self, request: HttpRequest, queryset: Any) -> HttpResponse | None:
-        """Start new runs for each selected event, after confirmation."""
-        events = list(queryset[: MAX_BULK_ACTION + 1])
-        if len(events) > MAX_BULK_ACTION:
-            self.message_user(
-                request,
-                f"More than {MAX_BULK_ACTION} events selected: narrow the selection.",
-                messages.WARNING,
-            )
-            return None
-        if request.POST.get("confirmed") != "yes":
-            return confirm(
-                request,
-                self,
-                title="Replay events",
-                question="Start a new run of every workflow subscribed now, for each of "
-                f"these {len(events)} event(s)?",
-                objects=events,
-                action="replay_events",
-                button="Yes, replay",
-            )
-        started = 0
-        for event in events:
-            try:
-                started += len(services.replay_event(event.pk))
-            except ConsoleError as exc:
-                report_error(request, exc)
-        self.message_user(request, f"Started {started} run(s).", messages.SUCCESS)
-        return None
-
-    def get_urls(self) -> list[Any]:
-        """The event page's own replay page."""
-        view = self.admin_site.admin_view(self.replay_view)
-        return [
-            path("<uuid:object_id>/replay/", view, name="eventbus_event_replay"),
-            *super().get_urls(),
-        ]
-
-    def change_view(
-        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
-    ) -> HttpResponse:
-        """The event page, with a replay button for users who may replay."""
-        extra = {"can_replay_event": self.has_replay_event_permission(request)}
-        return super().change_view(request, object_id, form_url, {**extra, **(extra_context or {})})
-
-    def replay_view(self, request: HttpRequest, object_id: Any) -> HttpResponse:
-        """Replay one event after confirmation."""
-        if not self.has_replay_event_permission(request):
-            raise PermissionDenied
-        event = self.get_object(request, str(object_id))
-        if event is None:
-            return self._get_obj_does_not_exist_redirect(request, self.opts, str(object_id))
-        back = HttpResponseRedirect(reverse("admin:eventbus_event_change", args=[event.pk]))
-        if request.method == "POST" and request.POST.get("confirmed") == "yes":
-            try:
-                runs = services.replay_event(event.pk)
-            except ConsoleError as exc:
-                report_error(request, exc)
-                return back
-            links = format_html_join(", ", "{}", ((admin_link(r, r.workflow_id),) for r in runs))
-            self.message_user(
-                request,
-                format_html(
-                    "Replayed event {}: started {} run(s): {}.", event.name, len(runs), links
-                ),
-                messages.SUCCESS,
-            )
-            return back
-        return confirm(
-            request,
-            self,
-            title=f"Replay event {event.name}",
-            question="Start a new run of every workflow subscribed to this event now? "
-            "Earlier runs are not changed.",
-            objects=[event],
-            button="Yes, replay",
-        )

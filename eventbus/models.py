@@ -40,7 +40,7 @@ class EventQuerySet(models.QuerySet):
 
 
 class Event(models.Model):
-    """A named JSON payload in a workspace; emitting it triggers subscribed workflows."""
+    """A named JSON payload in a workspace; emitting it delivers it to its subscribers."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     workspace = models.ForeignKey(Workspace, on_delete=models.PROTECT, related_name="events")
@@ -53,21 +53,19 @@ class Event(models.Model):
     )
     created_at = models.DateTimeField(default=timezone.now)
     emitted_at = models.DateTimeField(null=True, blank=True)
-    source_run = models.ForeignKey(
-        "workflows.WorkflowRun",
-        on_delete=models.SET_NULL,
+    # Plain ids, not foreign keys: the event bus must not know the app whose steps emit
+    # events. No constraint ties them to a row, so readers allow for one that is gone.
+    source_run_id = models.UUIDField(
         null=True,
         blank=True,
-        related_name="emitted_events",
-        help_text="The run whose step emitted this event, if any.",
+        db_index=True,
+        help_text="The id of the run whose step emitted this event, if any.",
     )
-    source_step = models.ForeignKey(
-        "workflows.StepResult",
-        on_delete=models.SET_NULL,
+    source_step_id = models.BigIntegerField(
         null=True,
         blank=True,
-        related_name="emitted_events",
-        help_text="The step that emitted this event, if any.",
+        db_index=True,
+        help_text="The id of the step that emitted this event, if any.",
     )
 
     objects = EventQuerySet.as_manager()

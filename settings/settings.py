@@ -34,6 +34,7 @@ INSTALLED_APPS = [
     "django_celery_results",
     "eventbus",
     "workflows",
+    "example",  # the demo: its workflows.py and `manage.py demo` (not packaged)
 ]
 
 MIDDLEWARE = [
@@ -146,6 +147,5 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_DB_REUSE_MAX = 1000
 
 # --- The workflow engine and the event bus ----------------------------------------------
-WORKFLOWS_MODULES = ["settings.demo_workflows"]
 WORKFLOWS: dict = {}
 EVENTBUS: dict = {}

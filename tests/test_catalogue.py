@@ -254,12 +254,23 @@ STEP_CASES = [
         "duration must be zero or more",
     ),
     Case(
-        "step-sleep-string",
+        "step-sleep-list",
         "step",
-        lambda ctx: ctx.step.sleep("z", "5m"),
-        "duration must be a timedelta or a number of seconds, got str",
+        lambda ctx: ctx.step.sleep("z", [5]),
+        'expected a timedelta, a number of seconds, or text such as "30s"',
     ),
-    Case("step-sleep-too-long", "step", lambda ctx: ctx.step.sleep("z", 1e18), "is too long"),
+    Case(
+        "step-sleep-bad-text",
+        "step",
+        lambda ctx: ctx.step.sleep("z", "5 minutes"),
+        "not a duration",
+    ),
+    Case(
+        "step-sleep-too-long",
+        "step",
+        lambda ctx: ctx.step.sleep("z", 1e18),
+        "longer than the limit of 100 years",
+    ),
     Case(
         "step-sleep-until-naive",
         "step",
@@ -787,7 +798,7 @@ def test_bad_input_gets_a_clear_error_and_leaves_nothing_half_written(case, clie
         shown = run.error["message"]
         after = counts()
         memos = list(StepResult.objects.filter(run=run))
-        assert not Event.objects.filter(source_run=run).exists()
+        assert not Event.objects.filter(source_run_id=run.pk).exists()
         if case.failed_memo:
             assert [m.status for m in memos] == [StepStatus.FAILED]
             before["steps"] += 1

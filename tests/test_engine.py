@@ -1,6 +1,7 @@
 """The engine with the in-process driver: memo keys, replays, retries, failures, misuse."""
 
 import hashlib
+from datetime import timedelta
 
 import pytest
 from django.db import connection
@@ -170,14 +171,15 @@ def test_send_event_emits_into_the_runs_workspace_and_not_twice_on_replay():
     Workspace.objects.create(slug="acme")
     run = start("test/fanout", {"n": 3}, workspace="acme")
     drain()
-    children = Event.objects.filter(source_run=run)
+    children = Event.objects.filter(source_run_id=run.pk)
     assert children.count() == 3
     assert set(children.values_list("workspace__slug", flat=True)) == {"acme"}
-    assert all(e.source_step.step_id == "child" for e in children)
+    step_ids = dict(StepResult.objects.filter(run=run).values_list("pk", "step_id"))
+    assert all(step_ids.get(e.source_step_id) == "child" for e in children)
     # Replay the parent from the start of its memo table: nothing is emitted again.
     WorkflowRun.objects.filter(pk=run.pk).update(status=RunStatus.QUEUED)
     drain()
-    assert Event.objects.filter(source_run=run).count() == 3
+    assert Event.objects.filter(source_run_id=run.pk).count() == 3
     assert WorkflowRun.objects.filter(workflow_id="t-child").count() == 3
 
 
@@ -200,22 +202,23 @@ def test_duplicate_execution_of_a_finished_run_is_a_no_op():
 
 
 def test_run_held_by_a_live_lease_is_not_claimed_twice():
-    from workflows import leases
+    from workflows import runstore
 
     run = start("test/steps", {"steps": 1})
-    assert leases.claim(run.pk, "worker-a") is not None
+    assert runstore.claim(run.pk, "worker-a") is not None
     assert engine.execute(run.pk) == "skipped"
 
 
 def test_a_zombie_worker_cannot_write_after_losing_its_lease():
-    from workflows import leases
+    from workflows import runstore
+    from workflows.exceptions import LeaseLost
 
     run = start("test/steps", {"steps": 1})
-    assert leases.claim(run.pk, "zombie") is not None
+    assert runstore.claim(run.pk, "zombie") is not None
     WorkflowRun.objects.filter(pk=run.pk).update(lease_owner="someone-else")
     memo_row = StepResult(run=run, step_id="x", key="k", position=0, kind="run", status="completed")
-    with pytest.raises(leases.LeaseLost):
-        leases.save_step(run.pk, "zombie", memo_row)
+    with pytest.raises(LeaseLost):
+        runstore.save_step(run.pk, "zombie", memo_row)
     assert not StepResult.objects.filter(run=run).exists()
 
 
@@ -226,6 +229,16 @@ def test_sleep_until_and_bad_sleep_arguments():
     assert run.status == RunStatus.COMPLETED
     bad = finish(start("test/sleepy", {"seconds": -5}))
     assert bad.status == RunStatus.FAILED and "zero or more" in bad.error["message"]
+
+
+def test_sleep_takes_the_same_durations_as_every_other_option():
+    text = start("test/sleepy", {"seconds": "3d"})
+    drain()
+    text.refresh_from_db()
+    assert text.status == RunStatus.SLEEPING
+    memo = text.steps.get(step_id="wait")
+    assert abs(memo.wake_at - memo.started_at - timedelta(days=3)) < timedelta(seconds=1)
+    assert finish(text, skip_time=True).status == RunStatus.COMPLETED
 
 
 def test_run_of_a_workflow_unknown_to_this_worker_is_deferred_not_failed():
@@ -241,7 +254,7 @@ def test_context_carries_the_event_run_and_workspace():
     run = finish(start("test/wild/x", {"k": 1}, workspace="acme"))
     assert run.output == {"name": "test/wild/x"}
     from workflows.context import Context
-    from workflows.engine import Execution
+    from workflows.execution import Execution
     from workflows.registry import get
 
     ctx = Context(Execution(run, get("t-wild"), "token"))
@@ -254,7 +267,7 @@ def test_a_lost_database_connection_outside_steps_interrupts_and_does_not_fail_t
     from django.db import OperationalError
 
     from workflows import registry, workflow
-    from workflows.steps import EngineInterrupt
+    from workflows.exceptions import EngineInterrupt
 
     @workflow(id="t-conn-lost", trigger="test/conn-lost")
     def conn_lost(ctx):

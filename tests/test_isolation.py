@@ -23,7 +23,7 @@ import eventbus
 from eventbus.models import Event, Workspace
 from tests.conftest import wait_until
 from workflows import services, testing, workflow
-from workflows.console_errors import WrongWorkspaceError
+from workflows.exceptions import WrongWorkspaceError
 from workflows.models import RunStatus, StepResult, WorkflowRun
 
 
@@ -104,7 +104,7 @@ def test_the_same_idempotency_key_is_independent_per_workspace(spaces):
 
 
 def test_wait_for_event_is_not_resolved_from_another_workspace(spaces):
-    from workflows.steps import Step
+    from workflows.context import Step
 
     if not hasattr(Step, "wait_for_event"):
         pytest.skip("step.wait_for_event is not in this engine yet")

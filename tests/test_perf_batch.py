@@ -9,7 +9,8 @@ from django.test.utils import CaptureQueriesContext
 import eventbus
 from tests.conftest import wait_until
 from tests.testapp.models import LedgerEntry
-from workflows import doorbell, leases, tasks
+from workflows import doorbell, runstore, tasks
+from workflows.exceptions import LeaseLost, RunCancelled
 from workflows.models import TERMINAL_STATUSES, RunStatus, StepResult, WorkflowRun
 from workflows.testing import no_broker
 
@@ -99,15 +100,15 @@ def memo_for(run_id: str, step_id: str) -> StepResult:
 @pytest.mark.django_db(transaction=True)
 def test_a_worker_whose_lease_was_taken_over_writes_no_memo():
     run_id = queued_runs("test/steps", 1, {"steps": 1})[0]
-    assert leases.claim(run_id, "old") is not None
+    assert runstore.claim(run_id, "old") is not None
     WorkflowRun.objects.filter(pk=run_id).update(lease_expires_at="2000-01-01T00:00:00Z")
-    assert leases.claim(run_id, "new") is not None
-    with pytest.raises(leases.LeaseLost):
-        leases.save_step(run_id, "old", memo_for(run_id, "a"))
-    with pytest.raises(leases.LeaseLost):
-        leases.save_step(run_id, "old", memo_for(run_id, "b"), keep_if_cancelled=True)
+    assert runstore.claim(run_id, "new") is not None
+    with pytest.raises(LeaseLost):
+        runstore.save_step(run_id, "old", memo_for(run_id, "a"))
+    with pytest.raises(LeaseLost):
+        runstore.save_step(run_id, "old", memo_for(run_id, "b"), keep_if_cancelled=True)
     assert not StepResult.objects.exists()
-    leases.save_step(run_id, "new", memo_for(run_id, "c"))
+    runstore.save_step(run_id, "new", memo_for(run_id, "c"))
     stored = StepResult.objects.get()
     assert stored.step_id == "c" and stored.output == {"step": "c", "n": [1, 2]}
 
@@ -115,13 +116,13 @@ def test_a_worker_whose_lease_was_taken_over_writes_no_memo():
 @pytest.mark.django_db(transaction=True)
 def test_a_cancelled_run_keeps_only_the_memo_of_a_body_that_ran():
     run_id = queued_runs("test/steps", 1, {"steps": 1})[0]
-    assert leases.claim(run_id, "tok") is not None
-    assert leases.cancel(run_id)
-    with pytest.raises(leases.RunCancelled):
-        leases.save_step(run_id, "tok", memo_for(run_id, "a"))
+    assert runstore.claim(run_id, "tok") is not None
+    assert runstore.cancel(run_id)
+    with pytest.raises(RunCancelled):
+        runstore.save_step(run_id, "tok", memo_for(run_id, "a"))
     assert not StepResult.objects.exists()
-    with pytest.raises(leases.RunCancelled):
-        leases.save_step(run_id, "tok", memo_for(run_id, "b"), keep_if_cancelled=True)
+    with pytest.raises(RunCancelled):
+        runstore.save_step(run_id, "tok", memo_for(run_id, "b"), keep_if_cancelled=True)
     assert list(StepResult.objects.values_list("step_id", flat=True)) == ["b"]
 
 
@@ -130,10 +131,10 @@ def test_a_cancelled_run_keeps_only_the_memo_of_a_body_that_ran():
 def test_claim_and_a_step_are_one_statement_each_on_postgresql():
     run_id = queued_runs("test/steps", 1, {"steps": 1})[0]
     with CaptureQueriesContext(connection) as claim_queries:
-        run = leases.claim(run_id, "tok")
+        run = runstore.claim(run_id, "tok")
     assert run.status == RunStatus.RUNNING and run.event.name == "test/steps"
     assert run.workspace.slug and run.lease_owner == "tok"
     with CaptureQueriesContext(connection) as step_queries:
-        leases.save_step(run_id, "tok", memo_for(run_id, "a"))
+        runstore.save_step(run_id, "tok", memo_for(run_id, "a"))
     assert len(claim_queries) == 1 and len(step_queries) == 1
-    assert leases.claim(run_id, "other") is None  # held, not expired
+    assert runstore.claim(run_id, "other") is None  # held, not expired

@@ -11,7 +11,8 @@ from workflows.exceptions import UnknownWorkflowError, WorkflowDefinitionError
 def test_autodiscovery_finds_app_workflows_and_workflows_modules():
     ids = {wf.id for wf in registry.all_workflows()}
     assert {"t-steps", "t-fanout"} <= ids  # tests/testapp/workflows.py
-    assert {"demo-onboarding", "demo-audit"} <= ids  # WORKFLOWS_MODULES
+    assert {"demo-onboarding", "demo-audit"} <= ids  # example/workflows.py
+    assert {"c-wait", "c-parent"} <= ids  # WORKFLOWS_MODULES: tests/coord_workflows.py
 
 
 @pytest.mark.parametrize(
@@ -48,8 +49,9 @@ def test_unknown_workflow_id_lists_the_known_ones():
 
 def test_wildcard_matching():
     wf = registry.get("t-wild")
-    assert wf.matches("test/wild/a") and wf.matches("test/exact")
-    assert not wf.matches("test/wild") and not wf.matches("test/wilder/a")
+    assert wf in registry.subscribers("test/wild/a") and wf in registry.subscribers("test/exact")
+    assert wf not in registry.subscribers("test/wild")
+    assert wf not in registry.subscribers("test/wilder/a")
 
 
 def test_decorated_workflow_keeps_its_name_and_doc():

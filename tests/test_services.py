@@ -10,7 +10,7 @@ import eventbus
 from eventbus.models import Event, Workspace
 from tests import admin_workflows
 from workflows import services, testing
-from workflows.console_errors import (
+from workflows.exceptions import (
     ConsoleError,
     MalformedIdError,
     NotReplayableError,

@@ -22,7 +22,7 @@ def cancel_run(run_id: Any, *, workspace: str | None = None) -> bool:
     children are cancelled, and a parent waiting for it gets ``StepError``. With
     ``workspace``, the run must belong to it.
     """
-    from workflows import services
+    from workflows import services  # not at import time: it imports models (app registry)
 
     return services.cancel_run(run_id, workspace=workspace)
 

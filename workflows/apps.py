@@ -11,9 +11,10 @@ class WorkflowsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        # Imported here, once the app registry is ready: they import models.
         from eventbus import bus
-        from workflows import checks, registry, signals, triggers, waits  # noqa: F401
+        from workflows import checks, registry, signals, subscribers  # noqa: F401
 
-        bus.subscribe(triggers.on_events)
-        bus.subscribe(waits.on_events)
+        bus.subscribe(subscribers.start_runs)
+        bus.subscribe(subscribers.resolve_waits)
         registry.autodiscover()

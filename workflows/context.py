@@ -1,21 +1,17 @@
-"""``ctx``: what a workflow function receives."""
+"""``ctx``: what a workflow function receives, and ``ctx.step``, its step API."""
 
-import logging
-from typing import TYPE_CHECKING, Any
-
-from workflows.context_types import EventView
-from workflows.steps import Step
-
-if TYPE_CHECKING:
-    from workflows.engine import Execution
+from workflows.coordination import CoordinationSteps
+from workflows.execution import Execution
+from workflows.payloads import EventView
+from workflows.steps import BasicSteps
 
 
-class RunLogger(logging.LoggerAdapter):
-    """Prefixes every message with the workflow and run it comes from."""
+class Step(BasicSteps, CoordinationSteps):
+    """The ``ctx.step`` object of a run: every step kind, over one execution.
 
-    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        extra = self.extra or {}
-        return f"[{extra.get('workflow_id')} {extra.get('run_id')}] {msg}", kwargs
+    ``run``, ``send_event``, ``sleep`` and ``sleep_until`` (:mod:`workflows.steps`);
+    ``wait_for_event``, ``invoke`` and ``parallel`` (:mod:`workflows.coordination`).
+    """
 
 
 class Context:
@@ -26,7 +22,7 @@ class Context:
     ``logger``.
     """
 
-    def __init__(self, execution: "Execution") -> None:
+    def __init__(self, execution: Execution) -> None:
         self._ex = execution
         run = execution.run
         self.event = EventView.of(run.event)

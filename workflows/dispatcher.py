@@ -16,14 +16,11 @@ its own, and the ``workflows.dispatch`` task suits Celery beat.
 
 import logging
 import threading
-from datetime import timedelta
 
 from django.db import close_old_connections, connection, transaction
-from django.utils import timezone
 
 from eventbus import bus
-from workflows import conf, doorbell, lifecycle
-from workflows.models import WorkflowRun
+from workflows import conf, doorbell, lifecycle, runstore
 
 logger = logging.getLogger("workflows.dispatcher")
 
@@ -49,18 +46,8 @@ def tick() -> dict[str, int]:
 
 def ring_due_runs(limit: int) -> int:
     """Ring for up to ``limit`` active runs whose ``due_at`` has passed."""
-    settings = conf.get()
-    now = timezone.now()
     with transaction.atomic():
-        due = WorkflowRun.objects.due(now).order_by("due_at")
-        if connection.features.has_select_for_update_skip_locked:
-            due = due.select_for_update(skip_locked=True)
-        ids = list(due.values_list("pk", flat=True)[:limit])
-        if not ids:
-            return 0
-        WorkflowRun.objects.filter(pk__in=ids).update(
-            due_at=now + timedelta(seconds=settings.RING_TIMEOUT_SECONDS)
-        )
+        ids = runstore.take_due(limit)
         doorbell.ring_on_commit(ids)
     return len(ids)
 

@@ -7,6 +7,9 @@ never needs to be reliable, only cheap.
 Many runs rung at once (a fan-out, a dispatcher pass) share messages: up to
 ``RING_BATCH_SIZE`` run ids each, but never fewer than four messages when there are at
 least four runs, so that several workers share the work.
+
+Messages name the tasks of :mod:`workflows.tasks` rather than importing them, so the
+layers below the engine never depend on the engine above them.
 """
 
 import logging
@@ -15,6 +18,8 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
+from celery import current_app
+from django.db import transaction
 from django.utils import timezone
 
 from workflows import conf
@@ -23,6 +28,9 @@ logger = logging.getLogger("workflows.doorbell")
 
 #: When set (by :mod:`workflows.testing`), bells go to this callable instead of Celery.
 _override = None
+#: Names of the tasks a bell asks for (defined in :mod:`workflows.tasks`).
+EXECUTE_RUN = "workflows.execute_run"
+EXECUTE_RUNS = "workflows.execute_runs"
 #: A ring of many runs is split into at least this many messages (when it has as many).
 _SPREAD = 4
 
@@ -35,9 +43,9 @@ def ring(run_ids: Iterable[Any], *, at: datetime | None = None) -> None:
     if _override is not None:
         _override(ids, at)
         return
-    from workflows import tasks
-
-    options: dict[str, Any] = {}
+    # The tasks store no result; saying so here keeps a result backend from preparing
+    # for one (Redis would subscribe to a result channel per message).
+    options: dict[str, Any] = {"ignore_result": True}
     settings = conf.get()
     if settings.QUEUE:
         options["queue"] = settings.QUEUE
@@ -48,9 +56,9 @@ def ring(run_ids: Iterable[Any], *, at: datetime | None = None) -> None:
     try:
         for chunk in chunks(ids, settings.RING_BATCH_SIZE):
             if len(chunk) == 1:
-                tasks.execute_run.apply_async((chunk[0],), **options)
+                current_app.send_task(EXECUTE_RUN, (chunk[0],), **options)
             else:
-                tasks.execute_runs.apply_async((chunk,), **options)
+                current_app.send_task(EXECUTE_RUNS, (chunk,), **options)
     except Exception:
         # The rows are committed; the dispatcher rings again after RING_TIMEOUT_SECONDS.
         logger.warning(
@@ -68,8 +76,6 @@ def chunks(ids: list[str], batch_size: int) -> list[list[str]]:
 
 def ring_on_commit(run_ids: Iterable[Any], *, at: datetime | None = None) -> None:
     """Ring once the current transaction commits (never if it rolls back)."""
-    from django.db import transaction
-
     ids = [str(run_id) for run_id in run_ids]
     if ids:
         transaction.on_commit(lambda: ring(ids, at=at), robust=True)

@@ -21,45 +21,21 @@ from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
 from eventbus import bus
-from workflows import conf, errors, heartbeat, leases, lifecycle, memo, registry
-from workflows.context import Context, RunLogger
-from workflows.exceptions import UnknownWorkflowError
-from workflows.models import RunStatus, StepResult, WorkflowRun
-from workflows.steps import BranchDone, EngineInterrupt, Suspend, to_json
+from workflows import conf, heartbeat, lifecycle, registry, runstore
+from workflows.context import Context
+from workflows.exceptions import (
+    BranchDone,
+    EngineInterrupt,
+    LeaseLost,
+    RunCancelled,
+    Suspend,
+    UnknownWorkflowError,
+    describe,
+)
+from workflows.execution import Execution, to_json
+from workflows.models import RunStatus, WorkflowRun
 
 logger = logging.getLogger("workflows.engine")
-
-
-class Execution:
-    """The state of one execution of a run by one worker."""
-
-    def __init__(self, run: WorkflowRun, workflow: registry.Workflow, token: str) -> None:
-        self.run = run
-        self.workflow = workflow
-        self.token = token
-        #: For a branch run of ``step.parallel``: (memo key of the parallel step, index).
-        self.branch: tuple[str, int] | None = None
-        if run.is_branch:
-            self.branch = (run.branch_key or "", run.branch_index or 0)
-            # The parent's memos replay the way to the parallel step; the branch's own
-            # memo (its one step) is stored on the branch run.
-            owners = [run.parent_id, run.pk]
-        else:
-            owners = [run.pk]
-        self.memos: dict[str, StepResult] = {
-            m.key: m for m in StepResult.objects.filter(run_id__in=owners).order_by("run_id")
-        }
-        if run.is_branch:
-            self.memos.update({m.key: m for m in StepResult.objects.filter(run=run)})
-        self.counter = memo.Counter()
-        self.in_step: str | None = None
-        self.attempt = 0
-        #: An error that must fail the run even if the workflow caught it.
-        self.fatal: BaseException | None = None
-        self.logger = RunLogger(
-            logging.getLogger("workflows.run"),
-            {"run_id": str(run.pk), "workflow_id": run.workflow_id},
-        )
 
 
 def execute(run_id: Any, *, keep_lease_alive: bool = False) -> str:
@@ -70,7 +46,7 @@ def execute(run_id: Any, *, keep_lease_alive: bool = False) -> str:
     worker took it over) or ``"deferred"`` (its workflow is not registered here).
     """
     token = uuid.uuid4().hex
-    run = leases.claim(run_id, token)
+    run = runstore.claim(run_id, token)
     if run is None:
         return "skipped"
     try:
@@ -84,7 +60,7 @@ def execute(run_id: Any, *, keep_lease_alive: bool = False) -> str:
             run.workflow_id,
             delay,
         )
-        leases.release_for_retry(run.pk, token, timezone.now() + timedelta(seconds=delay))
+        runstore.release_for_retry(run.pk, token, timezone.now() + timedelta(seconds=delay))
         return "deferred"
     timed_out = _check_timeouts(run, wf)
     if timed_out:
@@ -105,10 +81,10 @@ def execute(run_id: Any, *, keep_lease_alive: bool = False) -> str:
             if lifecycle.finish(run, token, RunStatus.COMPLETED, output=result):
                 return "completed"
             return "cancelled"
-        except leases.RunCancelled:
+        except RunCancelled:
             ctx.logger.info("cancelled while running; stopped")
             return "cancelled"
-        except leases.LeaseLost:
+        except LeaseLost:
             ctx.logger.warning("lease lost to another worker; stopped")
             return "lost"
         except EngineInterrupt as exc:
@@ -145,14 +121,13 @@ def _check_timeouts(run: WorkflowRun, wf: registry.Workflow) -> str | None:
         started = bool(finish and run.started_at and run.timeout_at == run.started_at + finish)
         return lifecycle.timeout_reason(run.workflow_id, started=started)
     deadline = run.started_at + finish if finish and run.started_at else None
-    if run.timeout_at != deadline and not run.is_branch:
-        WorkflowRun.objects.filter(pk=run.pk).update(timeout_at=deadline)
-        run.timeout_at = deadline
+    if not run.is_branch:
+        runstore.set_deadline(run, deadline)
     return None
 
 
 def _fail(execution: Execution, exc: BaseException) -> str:
-    error = errors.describe(exc)
+    error = describe(exc)
     step_id = getattr(exc, "step_id", "")
     if step_id:
         error["step_id"] = step_id

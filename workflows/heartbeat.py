@@ -11,7 +11,7 @@ from typing import Any
 
 from django.db import connection
 
-from workflows import conf, leases
+from workflows import conf, runstore
 
 logger = logging.getLogger("workflows.heartbeat")
 
@@ -54,7 +54,7 @@ def _loop() -> None:
             items = list(_tracked.items())
         for run_id, token in items:
             try:
-                if not leases.renew(run_id, token):
+                if not runstore.renew(run_id, token):
                     logger.info("run %s: lease no longer ours; stopping renewal", run_id)
                     with _lock:
                         if _tracked.get(run_id) == token:

@@ -1,8 +1,12 @@
-"""What happens when a run ends: waits settled, parents told, system events emitted.
+"""How a run starts and how it ends, with everything that follows from either.
 
-Everything here runs inside the transaction that moved the run to its terminal status,
-so a run never ends without its parent hearing of it, and never emits its system event
-twice.
+:func:`start` is the one way a run begins (an event's subscribers, a replay, an invoked
+child, a parallel branch, a failure handler): the run is stored, its ``cancel_on`` waits
+are recorded, and a worker is rung once the transaction commits.
+
+:func:`finish` and :func:`cancel` end a run; :func:`ended` runs inside the transaction
+that moved the run to its terminal status, so a run never ends without its parent
+hearing of it, and never emits its system event twice.
 
 System events, emitted in the run's workspace (subscribe workflows to them, or wait for
 them with ``step.wait_for_event``):
@@ -20,7 +24,7 @@ either.
 
 import logging
 import uuid
-from datetime import timedelta
+from collections.abc import Iterable
 from typing import Any
 
 from django.db import transaction
@@ -29,9 +33,10 @@ from django.utils import timezone
 from eventbus import bus, validation
 from eventbus.exceptions import EventError
 from eventbus.models import Event, EventStatus
-from workflows import conf, doorbell, leases, registry, waits
+from workflows import doorbell, registry, runstore, waits
 from workflows.exceptions import UnknownWorkflowError
 from workflows.models import ACTIVE_STATUSES, RunStatus, Wait, WorkflowRun
+from workflows.payloads import event_dict
 
 logger = logging.getLogger("workflows.lifecycle")
 
@@ -50,20 +55,48 @@ def new_run(
     now: Any = None,
     **fields: Any,
 ) -> WorkflowRun:
-    """An unsaved queued run of ``wf`` for ``event``, with its start timeout set."""
+    """An unsaved queued run of ``wf`` for ``event``, with its start timeout set.
+
+    A branch of ``step.parallel`` (``branch_index`` given) has no timeout of its own:
+    its parent's apply.
+    """
     now = now or timezone.now()
     start = wf.timeouts.start
     fields.setdefault("id", uuid.uuid4())
+    branch = fields.get("branch_index") is not None
     return WorkflowRun(
         workspace_id=event.workspace_id,
         workflow_id=wf.id,
         event=event,
         status=RunStatus.QUEUED,
-        due_at=now + timedelta(seconds=conf.get().RING_TIMEOUT_SECONDS),
+        due_at=runstore.ring_due(now),
         created_at=now,
-        timeout_at=now + start if start else None,
+        timeout_at=now + start if start and not branch else None,
         **fields,
     )
+
+
+def start(
+    runs: Iterable[tuple[WorkflowRun, registry.Workflow]], *, skip_repeats: bool = False
+) -> list[WorkflowRun]:
+    """Start new runs (from :func:`new_run`), each with its workflow; return the runs.
+
+    In the caller's transaction: the runs are stored, the ``cancel_on`` waits of each
+    (branches aside) are recorded, and a worker is rung for them once it commits. With
+    ``skip_repeats``, a run its event already started (a repeated or racing delivery)
+    is not stored again; ringing for it is then a no-op.
+    """
+    pairs = list(runs)
+    runstore.insert([run for run, _ in pairs], skip_repeats=skip_repeats)
+    ruled = [(run, wf) for run, wf in pairs if wf.cancel_on and not run.is_branch]
+    if ruled and skip_repeats:
+        # Only runs really stored (not skipped as repeats) get their cancel_on waits.
+        stored = runstore.stored([run.pk for run, _ in ruled])
+        ruled = [(run, wf) for run, wf in ruled if run.pk in stored]
+    if ruled:
+        waits.cancel_waits_for(ruled)
+    doorbell.ring_on_commit(run.pk for run, _ in pairs)
+    return [run for run, _ in pairs]
 
 
 def ended(run: WorkflowRun) -> None:
@@ -78,7 +111,7 @@ def ended(run: WorkflowRun) -> None:
         for child in WorkflowRun.objects.filter(parent=run, status__in=ACTIVE_STATUSES):
             cancel(child.pk, reason=f"its parent run {run.pk} was cancelled")
         # Deferred events its steps sent must not fire after the cancellation.
-        Event.objects.filter(source_run=run, status=EventStatus.SCHEDULED).update(
+        Event.objects.filter(source_run_id=run.pk, status=EventStatus.SCHEDULED).update(
             status=EventStatus.CANCELLED
         )
     if run.is_branch or run.event.name.startswith(_SYSTEM_PREFIX):
@@ -91,7 +124,7 @@ def _emit_system_events(run: WorkflowRun, wf: registry.Workflow | None) -> None:
         "run_id": str(run.pk),
         "workflow_id": run.workflow_id,
         "status": run.status,
-        "event": waits.event_dict(run.event),
+        "event": event_dict(run.event),
     }
     if run.status == RunStatus.COMPLETED:
         data["output"] = run.output
@@ -107,9 +140,7 @@ def _emit_system_events(run: WorkflowRun, wf: registry.Workflow | None) -> None:
     if run.status != RunStatus.FAILED or wf is None or wf.on_failure is None:
         return
     failed_event = Event.objects.get(pk=ids[-1])
-    handler_run = new_run(failed_event, wf.on_failure)
-    handler_run.save(force_insert=True)
-    doorbell.ring_on_commit([handler_run.pk])
+    start([(new_run(failed_event, wf.on_failure), wf.on_failure)])
 
 
 def _registered(workflow_id: str) -> registry.Workflow | None:
@@ -145,7 +176,7 @@ def cancel(run_id: Any, *, reason: str = "cancelled") -> bool:
     it (``step.invoke``) gets a ``StepError``.
     """
     with transaction.atomic():
-        if not leases.cancel(run_id, reason=reason):
+        if not runstore.cancel(run_id, reason=reason):
             return False
         run = WorkflowRun.objects.select_related("event", "workspace").get(pk=run_id)
         ended(run)
@@ -158,7 +189,7 @@ def finish(
 ) -> bool:
     """End the run we own as completed or failed, with everything that follows from it."""
     with transaction.atomic():
-        if not leases.finish(run.pk, token, status, output=output, error=error):
+        if not runstore.finish(run.pk, token, status, output=output, error=error):
             return False
         run.status, run.output, run.error = status, output, error
         ended(run)

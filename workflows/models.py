@@ -1,8 +1,15 @@
-"""Runs of workflows and the memos of their steps."""
+"""Runs of workflows and the memos of their steps.
+
+The run statuses and the conditions over them (active, terminal, runnable) are defined
+here once; the run store, the dispatcher, the test driver and the partial indexes all
+use these definitions.
+"""
 
 import uuid
+from datetime import datetime
 
 from django.db import models
+from django.db.models import Q
 from django.utils import timezone
 
 
@@ -31,6 +38,21 @@ TERMINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.
 ACTIVE_STATUSES = frozenset(
     {RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.SLEEPING, RunStatus.WAITING}
 )
+#: ``ACTIVE_STATUSES`` as plain strings in a stable order (index conditions, SQL).
+ACTIVE_VALUES = sorted(status.value for status in ACTIVE_STATUSES)
+
+
+def runnable(now: datetime) -> Q:
+    """The runs a worker may claim at ``now``.
+
+    Queued runs that are due, sleeps and waits whose ``wake_at`` has come (a wait or an
+    invoke timed out), and running runs whose worker stopped renewing the lease.
+    """
+    return (
+        Q(status=RunStatus.QUEUED) & (Q(wake_at__isnull=True) | Q(wake_at__lte=now))
+        | Q(status__in=[RunStatus.SLEEPING, RunStatus.WAITING], wake_at__lte=now)
+        | Q(status=RunStatus.RUNNING, lease_expires_at__lt=now)
+    )
 
 
 class StepKind(models.TextChoices):
@@ -70,13 +92,13 @@ class RunQuerySet(models.QuerySet):
         """Runs that completed, failed or were cancelled."""
         return self.filter(status__in=TERMINAL_STATUSES)
 
-    def due(self, now) -> "RunQuerySet":
+    def due(self, now: datetime) -> "RunQuerySet":
         """Active runs whose bell must ring now (woken, retried, lost or stalled)."""
         return self.filter(status__in=ACTIVE_STATUSES, due_at__lte=now)
 
-    def stalled(self, now) -> "RunQuerySet":
-        """Running runs whose worker stopped renewing the lease."""
-        return self.filter(status=RunStatus.RUNNING, lease_expires_at__lt=now)
+    def runnable(self, now: datetime) -> "RunQuerySet":
+        """Runs a worker may claim now (see :func:`runnable`)."""
+        return self.filter(runnable(now))
 
 
 class WorkflowRun(models.Model):
@@ -149,12 +171,12 @@ class WorkflowRun(models.Model):
         indexes = [
             models.Index(
                 fields=["due_at"],
-                condition=models.Q(status__in=["queued", "running", "sleeping", "waiting"]),
+                condition=models.Q(status__in=ACTIVE_VALUES),
                 name="workflows_run_due",
             ),
             models.Index(
                 fields=["timeout_at"],
-                condition=models.Q(status__in=["queued", "running", "sleeping", "waiting"]),
+                condition=models.Q(status__in=ACTIVE_VALUES),
                 name="workflows_run_timeout",
             ),
             models.Index(fields=["status", "created_at"], name="workflows_run_status"),

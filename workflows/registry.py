@@ -55,7 +55,6 @@ class Workflow:
         cancel_on: tuple[CancelRule, ...] = (),
         timeouts: Timeouts | None = None,
         on_failure: "Workflow | None" = None,
-        handles_failure_of: str | None = None,
     ) -> None:
         self.fn = fn
         self.id = id
@@ -65,8 +64,6 @@ class Workflow:
         self.timeouts = timeouts or Timeouts()
         #: The workflow run (as a durable run) after a run of this one failed for good.
         self.on_failure = on_failure
-        #: For a failure handler: the id of the workflow it handles.
-        self.handles_failure_of = handles_failure_of
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", id)
         self.__module__ = getattr(fn, "__module__", __name__)
@@ -78,16 +75,6 @@ class Workflow:
 
     def __repr__(self) -> str:
         return f"<Workflow {self.id!r} triggers={list(self.triggers)!r}>"
-
-    def matches(self, name: str) -> bool:
-        """Whether an event called ``name`` triggers this workflow."""
-        return any(_match(pattern, name) for pattern in self.triggers)
-
-
-def _match(pattern: str, name: str) -> bool:
-    if pattern.endswith("/*"):
-        return _under(pattern[:-1], name)
-    return pattern == name
 
 
 def _under(prefix: str, name: str) -> bool:
@@ -156,7 +143,6 @@ def workflow(
                 id=id + FAILURE_HANDLER_SUFFIX,
                 triggers=(),
                 retries=retries,
-                handles_failure_of=id,
             )
         wf = Workflow(
             fn,

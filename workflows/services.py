@@ -2,7 +2,7 @@
 
 No logic lives in an admin class or a command: both parse their input, call a function
 here and report what it returned. Bad arguments raise a
-:class:`~workflows.console_errors.ConsoleError` (a ``ValueError``) with a message that
+:class:`~workflows.exceptions.ConsoleError` (a ``ValueError``) with a message that
 names what was wrong and what is allowed.
 
 Replay semantics: a replay is a *new* run linked to the original by ``replay_of``, with
@@ -23,17 +23,17 @@ from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
 from eventbus.models import Event, EventStatus
-from workflows import doorbell, lifecycle, matching, registry, waits
-from workflows.console_errors import (
+from workflows import lifecycle, matching, registry
+from workflows.exceptions import (
     ConsoleError,
     MalformedIdError,
     NotReplayableError,
     UnknownEventError,
     UnknownRunError,
     UnknownStepError,
+    UnknownWorkflowError,
     WrongWorkspaceError,
 )
-from workflows.exceptions import UnknownWorkflowError
 from workflows.models import (
     TERMINAL_STATUSES,
     RunStatus,
@@ -101,16 +101,13 @@ def _check_registered(workflow_id: str) -> None:
         ) from None
 
 
-def _new_run(original_event: Event, workflow_id: str, replay_of: WorkflowRun | None):
-    """A new queued run (not saved): timeouts as for any new run; see :func:`_started`."""
-    return lifecycle.new_run(original_event, registry.get(workflow_id), replay_of=replay_of)
-
-
-def _started(run: WorkflowRun) -> None:
-    """After saving a new run: its ``cancel_on`` waits, as for a run an event started."""
-    wf = registry.get(run.workflow_id)
-    if wf.cancel_on:
-        waits.cancel_waits_for([(run, wf)])
+def _start_replays(
+    event: Event, replays: Iterable[tuple[registry.Workflow, WorkflowRun | None]]
+) -> list[WorkflowRun]:
+    """Start a new run of each workflow for ``event``, as a replay of the run given."""
+    return lifecycle.start(
+        (lifecycle.new_run(event, wf, replay_of=original), wf) for wf, original in replays
+    )
 
 
 def steps_before(run: WorkflowRun, from_step: str) -> tuple[StepResult, list[StepResult]]:
@@ -162,9 +159,7 @@ def replay_run(
     if from_step is not None:
         _, kept = steps_before(original, from_step)
     with transaction.atomic():
-        run = _new_run(original.event, original.workflow_id, original)
-        run.save(force_insert=True)
-        _started(run)
+        (run,) = _start_replays(original.event, [(registry.get(original.workflow_id), original)])
         now = run.created_at
         # Copies took no time in the new run: they sit at its start on the timeline.
         StepResult.objects.bulk_create(
@@ -185,7 +180,6 @@ def replay_run(
             ],
             batch_size=500,
         )
-        doorbell.ring_on_commit([run.pk])
     return run
 
 
@@ -211,11 +205,7 @@ def replay_event(event_id: Any, *, workspace: str | None = None) -> list[Workflo
         for run in WorkflowRun.objects.filter(event=event, replay_of__isnull=True)
     }
     with transaction.atomic():
-        runs = [_new_run(event, wf.id, originals.get(wf.id)) for wf in workflows]
-        for run in runs:
-            run.save(force_insert=True)
-            _started(run)
-        doorbell.ring_on_commit(run.pk for run in runs)
+        runs = _start_replays(event, [(wf, originals.get(wf.id)) for wf in workflows])
     return runs
 
 
@@ -320,7 +310,7 @@ def purgeable_runs(older_than_days: float, statuses: Iterable[str] | None = None
     for status in chosen:
         parse_status(status, terminal)
     cutoff = timezone.now() - timedelta(days=older_than_days)
-    return WorkflowRun.objects.filter(status__in=chosen, created_at__lt=cutoff)
+    return WorkflowRun.objects.finished().filter(status__in=chosen, created_at__lt=cutoff)
 
 
 def purge_runs(
@@ -332,7 +322,8 @@ def purge_runs(
 
     Each batch reads at most ``batch_size`` ids and deletes them in its own transaction,
     so the table is never loaded into memory and locks stay short. Events are kept (they
-    are the history of what happened); their ``source_run`` becomes empty.
+    are the history of what happened); their ``source_run_id`` and ``source_step_id``
+    become empty.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConsoleError(f"batch_size must be a whole number of 1 or more, got {batch_size!r}")
@@ -344,7 +335,11 @@ def purge_runs(
             return
         with transaction.atomic():
             # A run that was replayed or invoked keeps its replays and children: their
-            # links are set to NULL by the foreign keys, not deleted with it.
+            # links are set to NULL by the foreign keys, not deleted with it. The event
+            # bus knows runs only by id: forget the ids of what is deleted.
+            Event.objects.filter(source_run_id__in=batch).update(
+                source_run_id=None, source_step_id=None
+            )
             WorkflowRun.objects.filter(pk__in=batch).delete()
         deleted += len(batch)
         yield deleted

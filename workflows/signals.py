@@ -4,7 +4,7 @@ from typing import Any
 
 from celery.signals import worker_ready, worker_shutdown
 
-from workflows import conf
+from workflows import conf, dispatcher
 
 _thread = None
 
@@ -15,9 +15,7 @@ def start_dispatcher(**_: Any) -> None:
     global _thread
     if not conf.get().DISPATCHER_IN_WORKER or _thread is not None:
         return
-    from workflows.dispatcher import DispatcherThread
-
-    _thread = DispatcherThread()
+    _thread = dispatcher.DispatcherThread()
     _thread.start()
 
 

@@ -6,8 +6,8 @@ import uuid
 from celery import shared_task
 from django import db
 
-from workflows import engine
-from workflows.steps import EngineInterrupt
+from workflows import dispatcher, doorbell, engine
+from workflows.exceptions import EngineInterrupt
 
 logger = logging.getLogger("workflows.tasks")
 
@@ -21,7 +21,7 @@ def _valid(run_id: object) -> bool:
     return True
 
 
-@shared_task(name="workflows.execute_run", ignore_result=True)
+@shared_task(name=doorbell.EXECUTE_RUN, ignore_result=True)
 def execute_run(run_id: str) -> str:
     """Execute the run ``run_id`` if it is runnable; a duplicate message is a no-op."""
     if not _valid(run_id):
@@ -32,7 +32,7 @@ def execute_run(run_id: str) -> str:
     return engine.execute(run_id, keep_lease_alive=True)
 
 
-@shared_task(name="workflows.execute_runs", ignore_result=True)
+@shared_task(name=doorbell.EXECUTE_RUNS, ignore_result=True)
 def execute_runs(run_ids: list[str]) -> dict[str, int]:
     """Execute each of ``run_ids`` in turn, as :func:`execute_run` would; count outcomes.
 
@@ -60,6 +60,4 @@ def execute_runs(run_ids: list[str]) -> dict[str, int]:
 @shared_task(name="workflows.dispatch", ignore_result=True)
 def dispatch() -> dict:
     """One dispatcher pass, for projects that schedule it with Celery beat."""
-    from workflows import dispatcher
-
     return dispatcher.tick()

@@ -11,7 +11,6 @@ logic; durability is proven by the real-worker tests of this project.
 import contextlib
 from collections.abc import Iterator
 
-from django.db.models import Q
 from django.utils import timezone
 
 from eventbus import bus
@@ -42,13 +41,7 @@ def drain(*, skip_time: bool = False, max_executions: int = 10_000) -> int:
                 _bring_forward(now)
             bus.emit_due()
             lifecycle.expire_timeouts(1000)
-            runnable = WorkflowRun.objects.filter(
-                Q(status=RunStatus.QUEUED, wake_at__isnull=True)
-                | Q(
-                    status__in=[RunStatus.QUEUED, RunStatus.SLEEPING, RunStatus.WAITING],
-                    wake_at__lte=now,
-                )
-            ).order_by("created_at")
+            runnable = WorkflowRun.objects.runnable(now).order_by("created_at")
             ids = list(runnable.values_list("pk", flat=True)[:100])
             if not ids:
                 break

@@ -3,7 +3,8 @@
 A run that waits (``step.wait_for_event``, ``step.invoke``, ``step.parallel``) records a
 :class:`~workflows.models.Wait` and suspends in the same transaction. The wait is
 resolved by whatever it waits for, in that thing's own transaction: an emitted event
-(:func:`on_events`, a subscriber of the event bus) or a child run that ended
+(:func:`candidates` finds the waits it may satisfy; the event-bus subscriber in
+:mod:`workflows.subscribers` settles them) or a child run that ended
 (:func:`child_ended`). Resolving deletes the wait row with a conditional delete, so an
 event, a timeout and a cancellation racing for the same wait have exactly one winner;
 the winner stores the step's outcome and puts the run back in the queue.
@@ -18,15 +19,16 @@ sees it. SQLite runs one writing transaction at a time, which gives the same ord
 import hashlib
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
-from datetime import datetime, timedelta
+from collections.abc import Iterable, Iterator
+from datetime import datetime
 from typing import Any
 
 from django.db import connection
 from django.utils import timezone
 
 from eventbus.models import Event, EventStatus
-from workflows import conf, doorbell, matching
+from workflows import doorbell, matching, runstore
+from workflows.exceptions import error_record
 from workflows.models import (
     RunStatus,
     StepResult,
@@ -36,13 +38,9 @@ from workflows.models import (
     WaitPath,
     WorkflowRun,
 )
+from workflows.payloads import event_dict
 
 logger = logging.getLogger("workflows.waits")
-
-
-def event_dict(event: Event) -> dict[str, Any]:
-    """An event as stored in a memo and as seen by CEL's ``event``/``async``."""
-    return {"id": str(event.id), "name": event.name, "data": event.data, "ts": event.ts}
 
 
 def _lock(workspace_id: Any, name: str, *, shared: bool) -> None:
@@ -197,8 +195,13 @@ def cancel_waits_for(runs: Iterable[tuple[WorkflowRun, Any]]) -> None:
 
 
 # --- resolving ------------------------------------------------------------------------
-def on_events(events: list[Event]) -> None:
-    """Event-bus subscriber: resolve the waits the emitted ``events`` satisfy."""
+def arrivals(events: list[Event]) -> Iterator[tuple[Wait, Event, dict[str, Any]]]:
+    """The (wait, event, event as a dict) pairs that emitted ``events`` satisfy.
+
+    Call in the emitting transaction. Each wait is yielded once, with the first event
+    that satisfies it, in the order the waits were recorded. A ``cancel`` wait is not
+    satisfied by the run's own events.
+    """
     groups: dict[tuple[Any, str], list[Event]] = defaultdict(list)
     for event in events:
         groups[(event.workspace_id, event.name)].append(event)
@@ -233,17 +236,8 @@ def on_events(events: list[Event]) -> None:
                 if wait.run_id == event.source_run_id and wait.kind == WaitKind.CANCEL:
                     continue  # a run is not cancelled by its own events
                 if matches(wait, trigger, data):
-                    _arrived(wait, event, data)
+                    yield wait, event, data
                     break
-
-
-def _arrived(wait: Wait, event: Event, data: dict[str, Any]) -> None:
-    if wait.kind == WaitKind.CANCEL:
-        from workflows import lifecycle
-
-        lifecycle.cancel(wait.run_id, reason=f"cancelled by event {event.name!r} ({event.id})")
-        return
-    resolve(wait, StepStatus.COMPLETED, output={"event": data})
 
 
 def resolve(
@@ -272,11 +266,7 @@ def resolve(
 
 def wake(run_id: Any) -> None:
     """Put a waiting run back in the queue and ring for it once this transaction commits."""
-    due = timezone.now() + timedelta(seconds=conf.get().RING_TIMEOUT_SECONDS)
-    if WorkflowRun.objects.filter(pk=run_id, status=RunStatus.WAITING).update(
-        status=RunStatus.QUEUED, wake_at=None, due_at=due
-    ):
-        doorbell.ring_on_commit([run_id])
+    doorbell.ring_on_commit(runstore.wake([run_id]))
 
 
 def child_ended(child: WorkflowRun) -> None:
@@ -287,16 +277,15 @@ def child_ended(child: WorkflowRun) -> None:
                 wait, StepStatus.COMPLETED, output={"run_id": str(child.pk), "output": child.output}
             )
         else:
-            error = dict(child.error or {})
-            verb = "was cancelled" if child.status == RunStatus.CANCELLED else "failed"
-            error = {
-                "type": "ChildRunFailed"
-                if child.status == RunStatus.FAILED
-                else "ChildRunCancelled",
-                "message": f"run {child.pk} of workflow {child.workflow_id!r} {verb}: "
-                f"{error.get('message', '')}".rstrip(": "),
-                "traceback": error.get("traceback", ""),
-                "child_run_id": str(child.pk),
-                "child_error": child.error,
-            }
+            detail = child.error or {}
+            failed = child.status == RunStatus.FAILED
+            verb = "failed" if failed else "was cancelled"
+            error = error_record(
+                "ChildRunFailed" if failed else "ChildRunCancelled",
+                f"run {child.pk} of workflow {child.workflow_id!r} {verb}: "
+                f"{detail.get('message', '')}".rstrip(": "),
+                detail.get("traceback", ""),
+                child_run_id=str(child.pk),
+                child_error=child.error,
+            )
             resolve(wait, StepStatus.FAILED, error=error)

@@ -358,7 +358,7 @@ def check_invariants(loader: Loader) -> dict:
     if early:
         problems["deferred events emitted early"].append(f"{early} delivery(ies) before ts")
     per_memo = Counter(
-        Event.objects.filter(source_step__isnull=False).values_list("source_step_id", flat=True)
+        Event.objects.filter(source_step_id__isnull=False).values_list("source_step_id", flat=True)
     )
     for memo in StepResult.objects.filter(kind=StepKind.SEND_EVENT):
         if per_memo.get(memo.pk, 0) != 1:

@@ -6,7 +6,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from eventbus.models import Workspace
 from workflows import services, timeline
-from workflows.console_errors import ConsoleError
+from workflows.exceptions import ConsoleError
 from workflows.models import RunStatus
 
 

@@ -5,7 +5,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from workflows import services
-from workflows.console_errors import ConsoleError
+from workflows.exceptions import ConsoleError
 
 
 class Command(BaseCommand):

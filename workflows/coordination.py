@@ -1,14 +1,14 @@
-"""The steps that wait: ``step.wait_for_event``, ``step.invoke`` and ``step.parallel``.
+"""The step kinds that coordinate: ``step.wait_for_event``, ``step.invoke``, ``step.parallel``.
 
 Each records its memo with status ``waiting`` and a :class:`~workflows.models.Wait`
 (see :mod:`workflows.waits`), suspends the run in the same transaction, and raises
-:class:`~workflows.interrupts.Suspend`. When the run executes again, the memo holds the
+:class:`~workflows.exceptions.Suspend`. When the run executes again, the memo holds the
 outcome (the event, the child's value, or the branches' results), or the wait timed out.
-These methods are part of :class:`workflows.steps.Step`, whose machinery they use.
+Like every step kind, these reach the run only through the execution protocol
+(:class:`workflows.execution.Execution`).
 """
 
 import uuid
-from datetime import datetime, timedelta
 from typing import Any
 
 from django.utils import timezone
@@ -16,27 +16,19 @@ from django.utils import timezone
 from eventbus import bus, validation
 from eventbus.exceptions import EventError
 from eventbus.models import Event
-from workflows import (
-    conf,
-    doorbell,
-    durations,
-    errors,
-    interrupts,
-    leases,
-    lifecycle,
-    matching,
-    memo,
-    registry,
-    waits,
-)
-from workflows.context_types import EventView
+from workflows import durations, lifecycle, matching, memo, registry, steps, waits
 from workflows.exceptions import (
+    BranchDone,
     NonDeterminismError,
     NonRetriableError,
     StepError,
     StepUsageError,
+    Suspend,
     UnknownWorkflowError,
+    describe,
+    error_record,
 )
+from workflows.execution import StepKindBase
 from workflows.models import (
     RunStatus,
     StepKind,
@@ -46,15 +38,14 @@ from workflows.models import (
     WaitKind,
     WorkflowRun,
 )
+from workflows.payloads import EventView
 
 #: Most branches one ``step.parallel`` may start.
 MAX_BRANCHES = 100
 
 
-class WaitingSteps:
-    """``wait_for_event``, ``invoke`` and ``parallel`` (mixed into ``Step``)."""
-
-    _ex: Any
+class CoordinationSteps(StepKindBase):
+    """``step.wait_for_event``, ``step.invoke`` and ``step.parallel``."""
 
     # --- step.wait_for_event --------------------------------------------------------
     def wait_for_event(
@@ -74,7 +65,7 @@ class WaitingSteps:
         ``async`` (the incoming event). ``timeout`` (required) is a ``timedelta``,
         seconds, or text such as ``"3d"``. No worker is held while the run waits.
         """
-        key, position, stored = self._begin("wait_for_event", step_id, StepKind.WAIT_FOR_EVENT)
+        key, position, stored = self._ex.begin("wait_for_event", step_id, StepKind.WAIT_FOR_EVENT)
         where = f"step.wait_for_event({step_id!r})"
         name = self._event_name(event, where)
         try:
@@ -97,10 +88,10 @@ class WaitingSteps:
             if stored.status == StepStatus.COMPLETED:
                 found = (stored.output or {}).get("event")
                 return EventView(**found) if found else None
-            raise self._step_error(stored)
+            raise ex.step_error(stored)
         now = timezone.now()
         expires = now + wait_for
-        row = self._memo(
+        row = ex.new_memo(
             step_id,
             key,
             position,
@@ -131,15 +122,14 @@ class WaitingSteps:
                 row.finished_at = timezone.now()
                 row.save(update_fields=["status", "output", "wake_at", "finished_at"])
 
-        with self._atomic():
+        with ex.atomic():
             # The event-name lock comes before the run's row lock, as for emitters.
             waits.lock_for_wait(ex.run.workspace_id, name)
-            self._save(row, then=record)
+            ex.save(row, then=record)
             if arrived is None:
-                self._suspend_waiting(expires)
-        ex.memos[key] = row
+                ex.suspend(RunStatus.WAITING, expires)
         if arrived is None:
-            raise interrupts.Suspend()
+            raise Suspend()
         return EventView(**arrived)
 
     # --- step.invoke ----------------------------------------------------------------
@@ -157,7 +147,7 @@ class WaitingSteps:
         :class:`StepError` here (the child keeps running after a timeout). The child's
         ``ctx.event`` is a ``workflows/invoke`` event with ``data``.
         """
-        key, position, stored = self._begin("invoke", step_id, StepKind.INVOKE)
+        key, position, stored = self._ex.begin("invoke", step_id, StepKind.INVOKE)
         where = f"step.invoke({step_id!r})"
         if isinstance(workflow, str):
             workflow_id = workflow
@@ -180,9 +170,9 @@ class WaitingSteps:
                 stored = self._settle_wait(stored, timed_out=None)
             if stored.status == StepStatus.COMPLETED:
                 return (stored.output or {}).get("output")
-            raise self._step_error(stored)
+            raise ex.step_error(stored)
         now = timezone.now()
-        row = self._memo(
+        row = ex.new_memo(
             step_id,
             key,
             position,
@@ -192,10 +182,9 @@ class WaitingSteps:
         try:
             child_wf = registry.get(workflow_id)
         except UnknownWorkflowError as exc:
-            row.status, row.error, row.finished_at = StepStatus.FAILED, errors.describe(exc), now
-            self._save(row)
-            ex.memos[key] = row
-            raise self._step_error(row) from None
+            row.status, row.error, row.finished_at = StepStatus.FAILED, describe(exc), now
+            ex.save(row)
+            raise ex.step_error(row) from None
         expires = now + limit if limit is not None else None
         child_id = uuid.uuid4()
         row.status, row.wake_at = StepStatus.WAITING, expires
@@ -211,9 +200,7 @@ class WaitingSteps:
             )
             trigger = Event.objects.get(pk=event_id)
             child = lifecycle.new_run(trigger, child_wf, id=child_id, parent_id=ex.run.pk)
-            child.save(force_insert=True)
-            if child_wf.cancel_on:
-                waits.cancel_waits_for([(child, child_wf)])
+            lifecycle.start([(child, child_wf)])
             Wait.objects.create(
                 run_id=ex.run.pk,
                 step=row,
@@ -222,13 +209,11 @@ class WaitingSteps:
                 child_run=child,
                 expires_at=expires,
             )
-            doorbell.ring_on_commit([child.pk])
 
-        with self._atomic():
-            self._save(row, then=start_child)
-            self._suspend_waiting(expires)
-        ex.memos[key] = row
-        raise interrupts.Suspend()
+        with ex.atomic():
+            ex.save(row, then=start_child)
+            ex.suspend(RunStatus.WAITING, expires)
+        raise Suspend()
 
     # --- step.parallel --------------------------------------------------------------
     def parallel(self, step_id: str, branches: Any) -> list[Any]:
@@ -240,7 +225,7 @@ class WaitingSteps:
         once every branch has ended. Use ``functools.partial`` or a ``lambda`` to pass
         arguments. Branch functions are plain code: they cannot call ``ctx.step``.
         """
-        key, position, stored = self._begin("parallel", step_id, StepKind.PARALLEL)
+        key, position, stored = self._ex.begin("parallel", step_id, StepKind.PARALLEL)
         where = f"step.parallel({step_id!r})"
         if not isinstance(branches, list | tuple) or not branches:
             raise StepUsageError(
@@ -268,20 +253,20 @@ class WaitingSteps:
             branch_id = f"{step_id}[{index}]"
             branch_key = memo.key_for(f"{key}:branch:{index}")
             try:
-                value = self._run(
-                    branch_id, branch_key, 0, ex.memos.get(branch_key), branches[index], (), {}
+                value = steps.run_body(
+                    ex, branch_id, branch_key, 0, ex.recorded(branch_key), branches[index], (), {}
                 )
             except StepError as exc:
-                raise interrupts.BranchDone(None, failure=exc) from None
-            raise interrupts.BranchDone(value)
+                raise BranchDone(None, failure=exc) from None
+            raise BranchDone(value)
         if stored is not None:
             if stored.status == StepStatus.WAITING:
                 stored = self._settle_parallel(stored, len(branches))
             if stored.status == StepStatus.COMPLETED:
                 return list(stored.output or [])
-            raise self._step_error(stored)
+            raise ex.step_error(stored)
         now = timezone.now()
-        row = self._memo(
+        row = ex.new_memo(
             step_id,
             key,
             position,
@@ -292,22 +277,20 @@ class WaitingSteps:
         )
 
         def start_branches() -> None:
-            runs = [
-                WorkflowRun(
-                    id=uuid.uuid4(),
-                    workspace_id=ex.run.workspace_id,
-                    workflow_id=ex.run.workflow_id,
-                    event_id=ex.run.event_id,
-                    parent_id=ex.run.pk,
-                    branch_key=key,
-                    branch_index=index,
-                    status=RunStatus.QUEUED,
-                    created_at=now,
-                    due_at=now + timedelta(seconds=conf.get().RING_TIMEOUT_SECONDS),
+            runs = lifecycle.start(
+                (
+                    lifecycle.new_run(
+                        ex.run.event,
+                        ex.workflow,
+                        now=now,
+                        parent_id=ex.run.pk,
+                        branch_key=key,
+                        branch_index=index,
+                    ),
+                    ex.workflow,
                 )
                 for index in range(len(branches))
-            ]
-            WorkflowRun.objects.bulk_create(runs)
+            )
             Wait.objects.bulk_create(
                 [
                     Wait(
@@ -320,13 +303,11 @@ class WaitingSteps:
                     for run in runs
                 ]
             )
-            doorbell.ring_on_commit(run.pk for run in runs)
 
-        with self._atomic():
-            self._save(row, then=start_branches)
-            self._suspend_waiting(None)
-        ex.memos[key] = row
-        raise interrupts.Suspend()
+        with ex.atomic():
+            ex.save(row, then=start_branches)
+            ex.suspend(RunStatus.WAITING, None)
+        raise Suspend()
 
     # --- waiting machinery ----------------------------------------------------------
     def _event_name(self, event: Any, where: str) -> str:
@@ -334,16 +315,6 @@ class WaitingSteps:
             return validation.event(event, {}).name
         except EventError as exc:
             raise StepUsageError(f"{where}: event: {exc}") from None
-
-    def _atomic(self) -> Any:
-        return interrupts.GuardedAtomic()
-
-    def _suspend_waiting(self, until: datetime | None) -> None:
-        ex = self._ex
-        due = self._due(until) if until is not None else None
-        self._guard(leases.suspend, ex.run.pk, ex.token, RunStatus.WAITING, until, due)
-        if until is not None:
-            doorbell.ring_on_commit([ex.run.pk], at=until)
 
     def _settle_wait(self, stored: StepResult, *, timed_out: Any) -> StepResult:
         """A waiting step met again: time it out if due, else go back to waiting.
@@ -356,9 +327,9 @@ class WaitingSteps:
             if not Wait.objects.filter(step=stored).exists():
                 return self._reload(stored)
             # Rung before anything arrived (a duplicate message): wait on.
-            self._suspend_waiting(stored.wake_at)
-            raise interrupts.Suspend()
-        with self._atomic():
+            ex.suspend(RunStatus.WAITING, stored.wake_at)
+            raise Suspend()
+        with ex.atomic():
             gone = Wait.objects.filter(step=stored).delete()[0]
             if not gone:
                 return self._reload(stored)
@@ -366,21 +337,19 @@ class WaitingSteps:
             if stored.kind == StepKind.INVOKE:
                 child = (stored.output or {}).get("run_id")
                 stored.status = StepStatus.FAILED
-                stored.error = {
-                    "type": "InvokeTimeout",
-                    "message": f"the invoked run {child} did not end in time; it keeps running",
-                    "traceback": "",
-                    "child_run_id": child,
-                }
+                stored.error = error_record(
+                    "InvokeTimeout",
+                    f"the invoked run {child} did not end in time; it keeps running",
+                    child_run_id=child,
+                )
             else:
                 stored.status, stored.output = StepStatus.COMPLETED, timed_out
-            self._save(stored)
-        ex.memos[stored.key] = stored
+            ex.save(stored)
         return stored
 
     def _reload(self, stored: StepResult) -> StepResult:
         fresh = StepResult.objects.get(pk=stored.pk)
-        self._ex.memos[fresh.key] = fresh
+        self._ex.remember(fresh)
         if fresh.status == StepStatus.WAITING:
             raise NonRetriableError(f"step {fresh.step_id!r} has no wait and no outcome")
         return fresh
@@ -388,8 +357,8 @@ class WaitingSteps:
     def _settle_parallel(self, stored: StepResult, count: int) -> StepResult:
         ex = self._ex
         if Wait.objects.filter(step=stored).exists():
-            self._suspend_waiting(None)
-            raise interrupts.Suspend()
+            ex.suspend(RunStatus.WAITING, None)
+            raise Suspend()
         branches = list(
             WorkflowRun.objects.filter(parent_id=ex.run.pk, branch_key=stored.key).order_by(
                 "branch_index"
@@ -409,13 +378,12 @@ class WaitingSteps:
             detail = failed.error or {}
             verb = "was cancelled" if failed.status == RunStatus.CANCELLED else "failed"
             stored.status = StepStatus.FAILED
-            stored.error = {
-                "type": detail.get("type", "Error"),
-                "message": f"branch {failed.branch_index} {verb}: {detail.get('message', '')}",
-                "traceback": detail.get("traceback", ""),
-                "branch": failed.branch_index,
-                "branch_run_id": str(failed.pk),
-            }
-        self._save(stored)
-        ex.memos[stored.key] = stored
+            stored.error = error_record(
+                detail.get("type", "Error"),
+                f"branch {failed.branch_index} {verb}: {detail.get('message', '')}",
+                detail.get("traceback", ""),
+                branch=failed.branch_index,
+                branch_run_id=str(failed.pk),
+            )
+        ex.save(stored)
         return stored

@@ -20,8 +20,6 @@ from workflows import registry
 from workflows.exceptions import UnknownWorkflowError
 from workflows.models import TERMINAL_STATUSES, WorkflowRun
 
-BAR_WIDTH = 40
-
 
 class Command(BaseCommand):
     """Run the demo end to end with a real Celery worker process."""
@@ -40,8 +38,8 @@ class Command(BaseCommand):
             registry.get("demo-onboarding")
         except UnknownWorkflowError:
             raise CommandError(
-                "the demo workflows are not registered: add 'settings.demo_workflows' to "
-                "WORKFLOWS_MODULES (the example project does)"
+                'the demo workflows are not registered: add "example" to INSTALLED_APPS '
+                "(the example project does)"
             ) from None
         call_command("migrate", verbosity=0)
         self.stdout.write(self.style.MIGRATE_HEADING("Starting a Celery worker…"))

@@ -1,7 +1,8 @@
-"""Workflows of the demo (``python manage.py demo``), listed in ``WORKFLOWS_MODULES``.
+"""Workflows of the demo (``python manage.py demo``), found by autodiscovery.
 
-One ``demo/signup.completed`` event fans out to three workflows; one of them emits more
-events, now and a few seconds ahead, which trigger further runs.
+The engine imports ``workflows.py`` of every installed app, so installing ``example``
+registers these. One ``demo/signup.completed`` event fans out to three workflows; one of
+them emits more events, now and a few seconds ahead, which trigger further runs.
 """
 
 import hashlib

@@ -1,4 +1,4 @@
-"""The console for runs and steps: read-only pages, and actions that call the services.
+"""The console for runs: read-only pages, and actions that call the services.
 
 Actions (replay, replay from a step, cancel) need the custom permissions
 ``workflows.replay_run`` and ``workflows.cancel_run``; each asks for confirmation first
@@ -17,7 +17,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from workflows import services, timeline
-from workflows.admin_console import (
+from workflows.admin.console import (
     ReadOnlyAdmin,
     WorkflowFilter,
     admin_link,
@@ -29,14 +29,14 @@ from workflows.admin_console import (
     report_error,
     run_links,
 )
-from workflows.console_errors import ConsoleError
-from workflows.models import StepResult, WorkflowRun
+from workflows.exceptions import ConsoleError
+from workflows.models import WorkflowRun
 
 #: The admin refuses bulk actions on more runs than this (use ``replay_run --workflow``).
 MAX_BULK_ACTION = 1000
 #: Steps drawn on a run's timeline; a longer run shows its first ones and says so.
 MAX_TIMELINE_STEPS = 2000
-#: Related rows (children, replays, emitted events) listed on a run's page.
+#: Related rows (children, replays) listed on a run's page.
 MAX_RELATED = 50
 
 
@@ -368,70 +368,6 @@ class WorkflowRunAdmin(ReadOnlyAdmin):
 
     def _not_found(self, request: HttpRequest, object_id: Any) -> HttpResponse:
         return self._get_obj_does_not_exist_redirect(request, self.opts, str(object_id))
-
-
-@admin.register(StepResult)
-class StepResultAdmin(ReadOnlyAdmin):
-    """Step memos; usually read on their run's page."""
-
-    list_display = ("step_id", "run_link", "kind", "status_badge", "attempt", "started_at", "took")
-    list_filter = ("kind", "status")
-    list_select_related = ("run",)
-    sortable_by = ()
-    ordering = ("-pk",)
-    search_fields = ("run__id",)
-    search_help_text = "A run id: its steps."
-    fields = (
-        "run_link",
-        "step_id",
-        "key",
-        "position",
-        "kind",
-        "status_badge",
-        "attempt",
-        ("started_at", "finished_at", "wake_at"),
-        "output_json",
-        "error_details",
-    )
-
-    def get_queryset(self, request: HttpRequest) -> Any:
-        """Steps with their run, without the run's large fields."""
-        return super().get_queryset(request).defer("run__output", "run__error")
-
-    def get_search_results(self, request: HttpRequest, queryset: Any, search_term: str) -> Any:
-        """A run id lists that run's steps (index on ``run``); anything else, nothing."""
-        term = search_term.strip()
-        if not term:
-            return queryset, False
-        try:
-            return queryset.filter(run_id=services.parse_id(term)), False
-        except ConsoleError:
-            return queryset.none(), False
-
-    @admin.display(description="run")
-    def run_link(self, step: StepResult) -> SafeString:
-        """The run of this step."""
-        return admin_link(step.run, f"{step.run.workflow_id} {str(step.run_id)[:8]}")
-
-    @admin.display(description="status")
-    def status_badge(self, step: StepResult) -> SafeString:
-        """The status, colour-coded."""
-        return badge(step.status)
-
-    @admin.display(description="duration")
-    def took(self, step: StepResult) -> str:
-        """From start to finish."""
-        return duration(step.started_at, step.finished_at, False)
-
-    @admin.display(description="output")
-    def output_json(self, step: StepResult) -> SafeString:
-        """What the step returned."""
-        return pretty_json(step.output)
-
-    @admin.display(description="error")
-    def error_details(self, step: StepResult) -> SafeString:
-        """The error and its traceback."""
-        return error_html(step.error)
 
 
 def _bounded(request: HttpRequest, queryset: Any) -> list[WorkflowRun] | None:

@@ -1,25 +1,39 @@
-"""Building blocks of the read-only admin console, shared by both apps' ``admin.py``.
+"""Building blocks of the workflows console, shared by the modules of this package.
 
-No operation lives here: actions call :mod:`workflows.services`. This module holds what
-makes the admin safe on large tables (a paginator that never counts a whole table) and
-what makes it readable (status badges, indented JSON, the confirmation page).
+No operation lives here: actions call :mod:`workflows.services`. What keeps the pages
+fast on large tables (:class:`ReadOnlyAdmin` and its capped paginator) and
+:func:`pretty_json` come from :mod:`eventbus.admin`, which needs them itself, and are
+re-exported; the rest makes the pages readable (status badges, links, durations,
+errors) and the actions safe (the confirmation page).
 """
 
-import json
 from typing import Any
 
 from django.contrib import admin, messages
-from django.core.paginator import Paginator
-from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 
+from eventbus.admin import CappedPaginator, ReadOnlyAdmin, pretty_json
 from workflows import registry, timeline
+
+__all__ = [
+    "STATUS_COLOURS",
+    "CappedPaginator",
+    "ReadOnlyAdmin",
+    "WorkflowFilter",
+    "admin_link",
+    "badge",
+    "confirm",
+    "duration",
+    "error_html",
+    "pretty_json",
+    "report_error",
+    "run_links",
+]
 
 #: Colour of each run, step and event status (text is always shown too: colour-blind
 #: readers and screenshots in black and white still get the status).
@@ -37,44 +51,6 @@ STATUS_COLOURS = {
 }
 
 
-class CappedPaginator(Paginator):
-    """Counts at most ``CAP`` rows, so a list page never counts a whole large table.
-
-    With ``show_full_result_count = False`` the admin asks only for this count; pages
-    beyond the cap are reached by filtering, which every list offers.
-    """
-
-    CAP = 10_000
-
-    @cached_property
-    def count(self) -> int:
-        """The number of rows, or ``CAP`` if there are at least that many."""
-        if isinstance(self.object_list, QuerySet):
-            # SELECT COUNT(*) FROM (SELECT … LIMIT CAP): bounded work on any table size.
-            return self.object_list[: self.CAP].count()
-        return min(len(self.object_list), self.CAP)
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Nothing is added, changed or deleted through the console; everything is seen."""
-
-    paginator = CappedPaginator
-    show_full_result_count = False
-    list_per_page = 50
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        """Rows are written by the engine only."""
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        """Rows are written by the engine only."""
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        """Deleting is retention's job (``purge_runs``), not the console's."""
-        return False
-
-
 def badge(status: str, label: str | None = None) -> SafeString:
     """A coloured pill showing ``status``."""
     colour = STATUS_COLOURS.get(status, "#6c757d")
@@ -84,16 +60,6 @@ def badge(status: str, label: str | None = None) -> SafeString:
         status,
         colour,
         label or status,
-    )
-
-
-def pretty_json(value: Any) -> SafeString:
-    """``value`` as indented JSON in a ``<pre>`` block."""
-    text = json.dumps(value, indent=2, ensure_ascii=False, default=str)
-    return format_html(
-        '<pre class="wf-json" style="margin:0;white-space:pre-wrap;max-height:40em;'
-        'overflow:auto">{}</pre>',
-        text,
     )
 
 

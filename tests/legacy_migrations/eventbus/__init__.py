@@ -1,0 +1,1 @@
+"""eventbus migrations 0001–0005 as released (see ``tests.legacy_migrations``)."""

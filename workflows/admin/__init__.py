@@ -1,0 +1,11 @@
+"""The console for runs, steps and events, as Django admin pages.
+
+Importing this package (Django's admin autodiscovery does) registers the pages:
+:mod:`.runs` (runs), :mod:`.steps` (step memos) and :mod:`.events`, which replaces the
+event bus's plain event page with one that shows what each event triggered and can
+replay it. :mod:`.console` holds the helpers they share.
+"""
+
+from workflows.admin import events, runs, steps
+
+__all__ = ["events", "runs", "steps"]

@@ -1,0 +1,324 @@
+"""The run store: the only code that writes a run's status.
+
+Every transition is a named, conditional ``UPDATE … WHERE status IN (allowed)`` whose
+row count is checked, so a duplicate message, a late worker or a second dispatcher can
+never move a run backwards:
+
+- :func:`insert` stores new queued runs; :func:`claim` takes a runnable run;
+- :func:`save_step` records a step's memo, fenced by the lease (and may :func:`suspend`
+  the run in the same transaction); :func:`renew` extends the lease;
+- :func:`suspend` releases a run into sleeping, waiting or queued; :func:`wake` puts a
+  waiting run back in the queue; :func:`release_for_retry` gives a run back untouched;
+- :func:`finish` completes or fails it; :func:`cancel` cancels it.
+
+A worker owns a run through a lease (``lease_owner`` is a token unique to one
+execution); every write it makes is fenced by that token. On PostgreSQL the claim, the
+memo insert and the end of a run take the single-statement paths of
+:mod:`workflows.runstore_pg`; the lease is renewed in the same transaction as a memo only
+when less than half of it is left (the heartbeat renews it meanwhile). Every other case,
+and every other database, takes the portable path: the fence ``UPDATE`` and the memo in
+one transaction.
+"""
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import connection, transaction
+from django.db.models import Q
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from workflows import conf, models, runstore_pg
+from workflows.exceptions import LeaseLost, RunCancelled, error_record
+from workflows.models import ACTIVE_STATUSES, RunStatus, StepResult, StepStatus, WorkflowRun
+
+#: Lease tokens this process holds, and when (``time.monotonic()``) each lease ends.
+_held: dict[str, float] = {}
+#: Forget every token past this many (a token left behind only costs a slow path).
+_HELD_MAX = 10_000
+
+
+def _lease_until(now: datetime) -> datetime:
+    return now + timedelta(seconds=conf.get().LEASE_SECONDS)
+
+
+def _hold(token: str) -> None:
+    if len(_held) >= _HELD_MAX:
+        _held.clear()
+    _held[token] = time.monotonic() + conf.get().LEASE_SECONDS
+
+
+def _fresh(token: str) -> bool:
+    """Whether more than half of our lease is left, as far as this process knows."""
+    ends = _held.get(token)
+    return ends is not None and ends - time.monotonic() > conf.get().LEASE_SECONDS / 2
+
+
+def ring_due(now: datetime) -> datetime:
+    """The ``due_at`` of a run just queued: when the dispatcher rings if no worker came."""
+    return now + timedelta(seconds=conf.get().RING_TIMEOUT_SECONDS)
+
+
+# --- new runs -------------------------------------------------------------------------
+def insert(runs: Sequence[WorkflowRun], *, skip_repeats: bool = False) -> None:
+    """Store new queued runs (see :func:`workflows.lifecycle.start`).
+
+    With ``skip_repeats``, a run that the unique (event, workflow) constraint refuses (a
+    repeated or racing delivery of its event) is skipped, not an error.
+    """
+    if any(run.status != RunStatus.QUEUED for run in runs):
+        raise ValueError("a new run starts queued")
+    if runs:
+        WorkflowRun.objects.bulk_create(runs, ignore_conflicts=skip_repeats, batch_size=1000)
+
+
+def stored(run_ids: Sequence[Any]) -> set[Any]:
+    """Which of ``run_ids`` exist (after an :func:`insert` that skipped repeats)."""
+    return set(WorkflowRun.objects.filter(pk__in=run_ids).values_list("pk", flat=True))
+
+
+def take_due(limit: int) -> list[Any]:
+    """In a transaction: up to ``limit`` active runs whose ``due_at`` has passed.
+
+    Their ``due_at`` moves ``RING_TIMEOUT_SECONDS`` ahead, so they are rung again only
+    if this bell goes unanswered too. Rows locked by another dispatcher are skipped.
+    """
+    now = timezone.now()
+    due = WorkflowRun.objects.due(now).order_by("due_at")
+    if connection.features.has_select_for_update_skip_locked:
+        due = due.select_for_update(skip_locked=True)
+    ids = list(due.values_list("pk", flat=True)[:limit])
+    if ids:
+        WorkflowRun.objects.filter(pk__in=ids).update(due_at=ring_due(now))
+    return ids
+
+
+# --- claiming and the lease -----------------------------------------------------------
+def claim(run_id: Any, token: str) -> WorkflowRun | None:
+    """Take the run if it may run now; return it, or ``None`` if it is not ours to run."""
+    now = timezone.now()
+    lease = _lease_until(now)
+    if connection.vendor == "postgresql":
+        run = runstore_pg.claim(run_id, token, now, lease)
+    else:
+        run = _claim_portable(run_id, token, now, lease)
+    if run is not None:
+        _hold(token)
+    return run
+
+
+def _claim_portable(run_id: Any, token: str, now: datetime, lease: datetime) -> WorkflowRun | None:
+    with transaction.atomic():
+        claimed = WorkflowRun.objects.filter(Q(pk=run_id) & models.runnable(now)).update(
+            status=RunStatus.RUNNING,
+            lease_owner=token,
+            lease_expires_at=lease,
+            due_at=lease,
+            wake_at=None,
+            started_at=Coalesce("started_at", now),
+        )
+        if not claimed:
+            return None
+        # Sleeps that have ended are done: mark them so the timeline shows it.
+        StepResult.objects.filter(
+            run_id=run_id, status=StepStatus.SLEEPING, wake_at__lte=now
+        ).update(status=StepStatus.COMPLETED, finished_at=now)
+    return WorkflowRun.objects.select_related("event", "workspace").get(pk=run_id)
+
+
+def renew(run_id: Any, token: str) -> bool:
+    """Extend the lease; ``False`` if the run is no longer ours or no longer running."""
+    lease = _lease_until(timezone.now())
+    renewed = bool(
+        WorkflowRun.objects.filter(pk=run_id, lease_owner=token, status=RunStatus.RUNNING).update(
+            lease_expires_at=lease, due_at=lease
+        )
+    )
+    if renewed:
+        _hold(token)
+    else:
+        _held.pop(token, None)
+    return renewed
+
+
+def _fence(run_id: Any, token: str) -> None:
+    """Inside a transaction: check we still own the running run, and renew the lease."""
+    if renew(run_id, token):
+        return
+    state = WorkflowRun.objects.filter(pk=run_id).values_list("status", "lease_owner").first()
+    if state == (RunStatus.CANCELLED, token):
+        raise RunCancelled()
+    raise LeaseLost()
+
+
+def set_deadline(run: WorkflowRun, deadline: datetime | None) -> None:
+    """Record the run's finish deadline (``timeout_at``) if it changed."""
+    if run.timeout_at != deadline:
+        WorkflowRun.objects.filter(pk=run.pk).update(timeout_at=deadline)
+        run.timeout_at = deadline
+
+
+# --- steps ------------------------------------------------------------------------------
+def save_step(
+    run_id: Any,
+    token: str,
+    memo: StepResult,
+    *,
+    then: Callable[[], None] | None = None,
+    suspend: tuple[str, datetime | None, datetime | None] | None = None,
+    keep_if_cancelled: bool = False,
+) -> None:
+    """Store a step's memo in one transaction, fenced by the lease.
+
+    ``then`` is called inside the same transaction after the memo is saved (used by
+    ``send_event`` to store its events). ``suspend`` = (status, wake_at, due_at) also
+    releases the run in that transaction. When the run was cancelled meanwhile, the memo
+    of a step body that already ran is kept (``keep_if_cancelled``); nothing else is
+    written, and :class:`RunCancelled` stops the execution.
+    """
+    if (
+        memo.pk is None
+        and then is None
+        and suspend is None
+        and connection.vendor == "postgresql"
+        and not connection.in_atomic_block
+        and _fresh(token)
+        and runstore_pg.insert_fenced(memo, run_id, token)
+    ):
+        return
+    # The portable path; also where a fast insert that was refused finds out why.
+    cancelled = False
+    with transaction.atomic():
+        try:
+            _fence(run_id, token)
+        except RunCancelled:
+            if not keep_if_cancelled:
+                raise
+            cancelled = True
+        if memo.pk is None:
+            memo.save(force_insert=True)
+        else:
+            memo.save(force_update=True)
+        if then is not None and not cancelled:
+            then()
+        if suspend is not None and not cancelled:
+            status, wake_at, due_at = suspend
+            attempt = memo.attempt if status == RunStatus.QUEUED else 0
+            _release(run_id, token, status, wake_at, due_at, attempt)
+    if cancelled:
+        raise RunCancelled()
+    if suspend is not None:
+        _held.pop(token, None)
+
+
+# --- leaving the worker -----------------------------------------------------------------
+def _release(
+    run_id: Any,
+    token: str,
+    status: str,
+    wake_at: datetime | None,
+    due_at: datetime | None,
+    attempt: int | None = None,
+) -> int:
+    """The release itself; ``attempt`` (the run's retry number) is kept when ``None``."""
+    if status not in (RunStatus.SLEEPING, RunStatus.WAITING, RunStatus.QUEUED):
+        raise ValueError(f"a run is released into sleeping, waiting or queued, not {status!r}")
+    fields: dict[str, Any] = {"attempt": attempt} if attempt is not None else {}
+    return WorkflowRun.objects.filter(
+        pk=run_id, lease_owner=token, status=RunStatus.RUNNING
+    ).update(
+        status=status,
+        wake_at=wake_at,
+        due_at=due_at,
+        lease_owner=None,
+        lease_expires_at=None,
+        **fields,
+    )
+
+
+def suspend(
+    run_id: Any,
+    token: str,
+    status: str,
+    wake_at: datetime | None,
+    due_at: datetime | None,
+) -> None:
+    """Release the run we own into ``status`` (sleeping, waiting or queued).
+
+    Raises :class:`RunCancelled` or :class:`LeaseLost` when the run is no longer ours.
+    """
+    released = _release(run_id, token, status, wake_at, due_at)
+    _held.pop(token, None)
+    if not released:
+        _fence(run_id, token)  # raises RunCancelled or LeaseLost
+
+
+def wake(run_ids: Iterable[Any]) -> list[Any]:
+    """Put waiting runs back in the queue; return the ids that were waiting."""
+    woken = []
+    due = ring_due(timezone.now())
+    for run_id in run_ids:
+        if WorkflowRun.objects.filter(pk=run_id, status=RunStatus.WAITING).update(
+            status=RunStatus.QUEUED, wake_at=None, due_at=due
+        ):
+            woken.append(run_id)
+    return woken
+
+
+def release_for_retry(run_id: Any, token: str, at: datetime) -> None:
+    """Give the run back to the queue without recording anything (e.g. a lost broker)."""
+    _held.pop(token, None)
+    WorkflowRun.objects.filter(pk=run_id, lease_owner=token, status=RunStatus.RUNNING).update(
+        status=RunStatus.QUEUED,
+        wake_at=at,
+        due_at=at,
+        lease_owner=None,
+        lease_expires_at=None,
+    )
+
+
+# --- ending ---------------------------------------------------------------------------
+def finish(run_id: Any, token: str, status: str, *, output: Any = None, error: Any = None) -> bool:
+    """Complete or fail the run we own; ``False`` if it was cancelled or taken over.
+
+    On PostgreSQL the transaction this runs in commits without waiting for the disk
+    (see ``runstore_pg.RELAXED``): call it in the transaction that ends the run, and
+    only there.
+    """
+    if status not in (RunStatus.COMPLETED, RunStatus.FAILED):
+        raise ValueError(f"a run finishes completed or failed, not {status!r}")
+    now = timezone.now()
+    _held.pop(token, None)
+    if connection.vendor == "postgresql":
+        return runstore_pg.finish(run_id, token, status, output, error, now)
+    return bool(
+        WorkflowRun.objects.filter(pk=run_id, lease_owner=token, status=RunStatus.RUNNING).update(
+            status=status,
+            output=output,
+            error=error,
+            finished_at=now,
+            lease_owner=None,
+            lease_expires_at=None,
+            due_at=None,
+            wake_at=None,
+        )
+    )
+
+
+def cancel(run_id: Any, *, reason: str = "cancelled") -> bool:
+    """Cancel an active run; ``False`` if it had already finished.
+
+    The lease owner is kept, so a worker in the middle of a step still records that
+    step's outcome before it stops.
+    """
+    return bool(
+        WorkflowRun.objects.filter(pk=run_id, status__in=ACTIVE_STATUSES).update(
+            status=RunStatus.CANCELLED,
+            finished_at=timezone.now(),
+            due_at=None,
+            wake_at=None,
+            error=error_record("Cancelled", reason),
+        )
+    )

@@ -1,0 +1,204 @@
+"""The run store's PostgreSQL fast paths: the claim, a step's memo and the end of a run.
+
+Each is one statement, built once per process from the models (and, for the claim, from
+the one definition of "runnable" in :mod:`workflows.models`): a claim is one
+``UPDATE … RETURNING`` joined with the run's event and workspace, a step's memo is one
+``INSERT … SELECT … FOR SHARE`` that writes only while the run is still ours, and the
+end of a run is one raw ``UPDATE`` that spares the ORM's compilation. Only
+:mod:`workflows.runstore` calls these, and only on PostgreSQL.
+"""
+
+from datetime import UTC, datetime
+from typing import Any
+
+from django.db import DEFAULT_DB_ALIAS, connection, connections
+
+from workflows import models
+from workflows.models import RunStatus, StepResult, StepStatus, WorkflowRun
+
+#: Prefix of a statement whose transaction need not wait for the disk at commit. Safe
+#: for a claim and for the end of a run: a crash of PostgreSQL can only lose them
+#: whole, and only if nothing committed after them reached the disk (the log is
+#: flushed in order, and every memo is a synchronous commit). A lost claim leaves the
+#: run to be rung and claimed again; a lost end leaves it running with an expired
+#: lease, so it is resumed, replays its memos and ends again. Either saves a disk flush.
+RELAXED = "SET LOCAL synchronous_commit TO OFF; "
+
+#: A time no caller passes: marks where "now" goes when a condition is compiled once.
+_NOW_MARK = datetime(1970, 1, 1, 0, 0, 0, 424242, tzinfo=UTC)
+
+
+def past_relaxed(cursor: Any) -> None:
+    """Move to the result of the statement after ``RELAXED`` (psycopg 2 is there)."""
+    from django.db.backends.postgresql.psycopg_any import is_psycopg3  # PostgreSQL only
+
+    if is_psycopg3:
+        cursor.cursor.nextset()
+
+
+def _columns(model: type, alias: str) -> str:
+    return ", ".join(f'{alias}."{f.column}"' for f in model._meta.concrete_fields)
+
+
+def _loader(model: type) -> Any:
+    """Turn a slice of a raw row into an instance of ``model``, as the ORM would."""
+    fields = model._meta.concrete_fields
+    names = [f.attname for f in fields]
+    converters = [
+        (i, fn, f)
+        for i, f in enumerate(fields)
+        for fn in connection.ops.get_db_converters(f.get_col(model._meta.db_table))
+        + f.get_db_converters(connection)
+    ]
+
+    def load(values: tuple) -> Any:
+        values = list(values)
+        for i, fn, f in converters:
+            values[i] = fn(values[i], f, connection)
+        return model.from_db(connection.alias, names, values)
+
+    return load
+
+
+def _compiled_condition(condition: Any) -> tuple[str, dict[str, Any]]:
+    """SQL of a ``Q`` over runs with ``%(now)s`` where its time goes, and its constants.
+
+    ``condition`` is a function of the time (such as :func:`workflows.models.runnable`);
+    it is compiled by the ORM once, so the raw statement and the ORM agree on it.
+    """
+    query = WorkflowRun.objects.filter(condition(_NOW_MARK)).query
+    sql, params = query.get_compiler(connection=connection).compile(query.where)
+    pieces = sql.split("%s")
+    assert len(pieces) == len(params) + 1, "a condition with a literal % sign"
+    out, constants = [pieces[0]], {}
+    for index, (param, piece) in enumerate(zip(params, pieces[1:], strict=True)):
+        if param == _NOW_MARK:
+            out.append("%(now)s")
+        else:
+            constants[f"c{index}"] = param
+            out.append(f"%(c{index})s")
+        out.append(piece)
+    return "".join(out), constants
+
+
+_claim_sql: tuple[str, dict[str, Any], Any, Any, Any] | None = None
+
+
+def _claim_statement() -> tuple[str, dict[str, Any], Any, Any, Any]:
+    """Claim the run, close the sleeps that ended, read run, event and workspace."""
+    global _claim_sql
+    if _claim_sql is None:
+        event_model = WorkflowRun._meta.get_field("event").related_model
+        workspace_model = WorkflowRun._meta.get_field("workspace").related_model
+        runs = WorkflowRun._meta.db_table
+        runnable, constants = _compiled_condition(models.runnable)
+        sql = f"""
+        WITH claimed AS (
+            UPDATE "{runs}"
+            SET status = '{RunStatus.RUNNING}', lease_owner = %(token)s,
+                lease_expires_at = %(lease)s, due_at = %(lease)s, wake_at = NULL,
+                started_at = COALESCE("{runs}".started_at, %(now)s)
+            FROM (SELECT status, started_at FROM "{runs}" WHERE id = %(id)s) AS old
+            WHERE "{runs}".id = %(id)s AND ({runnable})
+            RETURNING {_columns(WorkflowRun, f'"{runs}"')},
+                old.status AS old_status, old.started_at AS old_started
+        ), closed AS (
+            UPDATE "{StepResult._meta.db_table}"
+            SET status = '{StepStatus.COMPLETED}', finished_at = %(now)s
+            WHERE run_id IN (
+                SELECT id FROM claimed
+                WHERE NOT (old_status = '{RunStatus.QUEUED}' AND old_started IS NULL)
+            ) AND status = '{StepStatus.SLEEPING}' AND wake_at <= %(now)s
+        )
+        SELECT {_columns(WorkflowRun, "claimed")}, {_columns(event_model, "e")},
+            {_columns(workspace_model, "w")}
+        FROM claimed
+        JOIN "{event_model._meta.db_table}" AS e ON e.id = claimed.event_id
+        JOIN "{workspace_model._meta.db_table}" AS w ON w.id = claimed.workspace_id
+        """
+        _claim_sql = (
+            sql,
+            constants,
+            _loader(WorkflowRun),
+            _loader(event_model),
+            _loader(workspace_model),
+        )
+    return _claim_sql
+
+
+def claim(run_id: Any, token: str, now: datetime, lease: datetime) -> WorkflowRun | None:
+    """The claim as one statement; the run with its event and workspace, or ``None``."""
+    sql, constants, load_run, load_event, load_workspace = _claim_statement()
+    params = {**constants, "id": run_id, "token": token, "now": now, "lease": lease}
+    with connection.cursor() as cursor:
+        if not connection.in_atomic_block:
+            cursor.execute(RELAXED + sql, params)
+            past_relaxed(cursor)
+        else:
+            cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    n_run = len(WorkflowRun._meta.concrete_fields)
+    n_event = len(WorkflowRun._meta.get_field("event").related_model._meta.concrete_fields)
+    run = load_run(row[:n_run])
+    run.event = load_event(row[n_run : n_run + n_event])
+    run.workspace = load_workspace(row[n_run + n_event :])
+    return run
+
+
+_insert_sql: tuple[str, list] | None = None
+
+
+def insert_fenced(memo: StepResult, run_id: Any, token: str) -> bool:
+    """Insert ``memo`` only while ``token`` holds the running run; whether it did.
+
+    ``FOR SHARE`` locks the run row until the insert commits, so a claim or a cancel
+    that comes meanwhile waits for it and a new owner's replay sees the memo.
+    """
+    global _insert_sql
+    if _insert_sql is None:
+        fields = [f for f in StepResult._meta.concrete_fields if not f.primary_key]
+        casts = ", ".join(f"CAST(%s AS {f.cast_db_type(connection)})" for f in fields)
+        columns = ", ".join(f'"{f.column}"' for f in fields)
+        _insert_sql = (
+            f'INSERT INTO "{StepResult._meta.db_table}" ({columns}) SELECT {casts} '
+            f'FROM "{WorkflowRun._meta.db_table}" '
+            f"WHERE id = %s AND lease_owner = %s AND status = '{RunStatus.RUNNING}' "
+            "FOR SHARE RETURNING id",
+            fields,
+        )
+    sql, fields = _insert_sql
+    conn = connections[DEFAULT_DB_ALIAS]  # one thread-local lookup, not one per field
+    params = [f.get_db_prep_save(f.pre_save(memo, True), conn) for f in fields]
+    with conn.cursor() as cursor:
+        cursor.execute(sql, [*params, run_id, token])
+        row = cursor.fetchone()
+    if row is None:
+        return False
+    memo.pk = row[0]
+    memo._state.adding = False
+    memo._state.db = conn.alias
+    return True
+
+
+def finish(run_id: Any, token: str, status: str, output: Any, error: Any, now: datetime) -> bool:
+    """End the run we own as one relaxed statement; whether it was ours to end."""
+    field = WorkflowRun._meta.get_field("output")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f'{RELAXED}UPDATE "{WorkflowRun._meta.db_table}" SET status = %s, output = %s, '
+            "error = %s, finished_at = %s, lease_owner = NULL, lease_expires_at = NULL, "
+            "due_at = NULL, wake_at = NULL "
+            f"WHERE id = %s AND lease_owner = %s AND status = '{RunStatus.RUNNING}'",
+            [
+                status,
+                field.get_db_prep_save(output, connection),
+                field.get_db_prep_save(error, connection),
+                now,
+                run_id,
+                token,
+            ],
+        )
+        past_relaxed(cursor)
+        return cursor.rowcount == 1

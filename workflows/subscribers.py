@@ -1,0 +1,39 @@
+"""The engine's event-bus subscribers: what an emitted event does to runs.
+
+Both are called by :mod:`eventbus.bus` inside the transaction that emits the events
+(registered in :meth:`workflows.apps.WorkflowsConfig.ready`), so a run or a resolved
+wait exists only if the event does.
+"""
+
+from django.utils import timezone
+
+from eventbus.models import Event
+from workflows import lifecycle, registry, waits
+from workflows.models import StepStatus, WaitKind, WorkflowRun
+
+
+def start_runs(events: list[Event]) -> list[WorkflowRun]:
+    """Start one run per subscribed workflow per event; return the runs.
+
+    The unique constraint on (event, workflow) makes a repeated or racing delivery
+    create nothing new: conflicting rows are skipped, and ringing for a run id that was
+    not stored is a no-op.
+    """
+    now = timezone.now()
+    return lifecycle.start(
+        (
+            (lifecycle.new_run(event, wf, now=now), wf)
+            for event in events
+            for wf in registry.subscribers(event.name)
+        ),
+        skip_repeats=True,
+    )
+
+
+def resolve_waits(events: list[Event]) -> None:
+    """Settle the waits the emitted ``events`` satisfy; ``cancel_on`` waits cancel."""
+    for wait, event, data in waits.arrivals(events):
+        if wait.kind == WaitKind.CANCEL:
+            lifecycle.cancel(wait.run_id, reason=f"cancelled by event {event.name!r} ({event.id})")
+        else:
+            waits.resolve(wait, StepStatus.COMPLETED, output={"event": data})

@@ -11,7 +11,7 @@ dispatchers never emit it twice.
 import contextlib
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from typing import Any
 
@@ -230,15 +230,3 @@ def emit_due(limit: int = 500) -> int:
             event.emitted_at = emitted_at
         _deliver(batch)
     return len(batch)
-
-
-def redeliver(event_ids: Iterable[Any]) -> list[Event]:
-    """Run the subscribers again for already emitted events (used by replay)."""
-    events = list(
-        Event.objects.filter(pk__in=list(event_ids), status=EventStatus.EMITTED).select_related(
-            "workspace"
-        )
-    )
-    with transaction.atomic():
-        _deliver(events)
-    return events

@@ -10,7 +10,7 @@ import time
 
 from bench import config, procs, report, runner
 
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W11")
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:

@@ -117,6 +117,15 @@ def targets(results: dict) -> list[dict]:
             1024,
             lambda v: v < 1024,
         )
+    w11 = _get(results, "W11", "ours")
+    if w11 and "error" not in w11 and w11["runs"] >= 10_000:
+        add(
+            "W11",
+            f"check_workflows over {w11['runs']} active runs < 60 s",
+            w11["check_seconds"],
+            60.0,
+            lambda v: v < 60.0,
+        )
     return out
 
 
@@ -238,6 +247,17 @@ def rows(results: dict) -> list[tuple[str, str, str, str, str]]:
         table.append(("W5", "DB rows per parked run", f"{w5['rows_per_run']:.2f}", "", ""))
         table.append(("W5", "DB bytes per parked run", f"{w5['bytes_per_run']:.0f} B", "", ""))
         table.append(("W5", "seconds to park them all", f"{w5['park_seconds']:.1f} s", "", ""))
+    w11 = _get(results, "W11", "ours")
+    if w11 and "error" not in w11:
+        table.append(
+            (
+                "W11",
+                f"check_workflows, {w11['runs']} runs x 20 memos",
+                f"{w11['check_seconds']:.1f} s ({w11['runs_per_second']:.0f} runs/s)",
+                "",
+                "",
+            )
+        )
     for workload, per_peer in results.items():
         for peer in PEERS:
             err = _get(per_peer, peer, "error")

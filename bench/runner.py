@@ -26,6 +26,8 @@ class Sizes:
     w4_events: int
     w4_spread_s: float
     w5_runs: int
+    #: W11: active runs (of 20 memos each) that ``check_workflows`` replays.
+    w11_runs: int = 10_000
 
 
 QUICK = Sizes(
@@ -37,6 +39,7 @@ QUICK = Sizes(
     w4_events=1000,
     w4_spread_s=10.0,
     w5_runs=1000,
+    w11_runs=1000,
 )
 FULL = Sizes(
     reps=5,
@@ -128,6 +131,10 @@ def run(sizes: Sizes, workers: int, contenders: list, only: set[str]) -> dict:
         out["W4"] = _per_peer(w4_peers, lambda c: w4(c, sizes, workers), "W4")
     if "W5" in only and "ours" in by_name:
         out["W5"] = _per_peer([by_name["ours"]], lambda c: w5(c, sizes, workers), "W5")
+    if "W11" in only and "ours" in by_name:
+        from bench import deploy_check
+
+        out["W11"] = _per_peer([by_name["ours"]], lambda c: deploy_check.w11(sizes.w11_runs), "W11")
     return out
 
 

@@ -1,13 +1,14 @@
 """The event bus: events stored in the ORM, delivered to every subscribed workflow.
 
-Public names: :func:`send`, :func:`send_batch` and :class:`EventError`.
+Public names: :func:`send`, :func:`send_batch`, :class:`EventError`, and
+:func:`create_event_key` for the HTTP event API (``eventbus.urls``).
 """
 
 from typing import Any
 
 from eventbus.exceptions import EventError
 
-__all__ = ["EventError", "send", "send_batch"]
+__all__ = ["EventError", "create_event_key", "send", "send_batch"]
 
 
 def send(
@@ -38,3 +39,16 @@ def send_batch(events: list[dict[str, Any]], *, workspace: str | None = None) ->
     from eventbus import bus  # not at import time: it imports models (app registry)
 
     return bus.send_batch(events, workspace=workspace)
+
+
+def create_event_key(
+    workspace: str | None = None, *, name: str = "", prefixes: list[str] | None = None
+) -> tuple[Any, str]:
+    """Create a key for ``POST /e/<key>`` in ``workspace``; return ``(EventKey, key)``.
+
+    The key itself is returned this once and never stored (only its SHA-256 is). With
+    ``prefixes``, the key may send only event names beginning with one of them.
+    """
+    from eventbus import keys  # not at import time: it imports models (app registry)
+
+    return keys.create_event_key(workspace, name=name, prefixes=prefixes or ())

@@ -9,3 +9,7 @@ class EventbusConfig(AppConfig):
     name = "eventbus"
     verbose_name = "Event bus"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        """Register the system checks of the event API."""
+        from eventbus import checks  # noqa: F401  (registers on import)

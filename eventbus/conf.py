@@ -20,6 +20,12 @@ class EventbusSettings:
     MAX_BATCH_SIZE: int = 10_000
     #: Slug of the workspace used when none is given.
     DEFAULT_WORKSPACE: str = "default"
+    #: Largest body of one request to the HTTP event API or a webhook, in bytes.
+    MAX_REQUEST_BYTES: int = 10 * 1024 * 1024
+    #: Most events in one request to the HTTP event API (or from one webhook delivery).
+    MAX_REQUEST_EVENTS: int = 5_000
+    #: How old a Stripe webhook's signed timestamp may be, in seconds.
+    WEBHOOK_TOLERANCE_SECONDS: int = 300
 
 
 def get() -> EventbusSettings:

@@ -101,3 +101,70 @@ class Event(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.id})"
+
+
+class EventKey(models.Model):
+    """A secret that lets an HTTP client send events into one workspace (``POST /e/<key>``).
+
+    Only the SHA-256 of the key is stored: a key is 256 random bits, so its hash cannot
+    be reversed, and a stolen database gives no usable key.
+    """
+
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="event_keys")
+    name = models.CharField(max_length=200, blank=True, help_text="A label for people.")
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    prefixes = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Event name prefixes this key may send; empty: any name.",
+    )
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(
+        null=True, blank=True, help_text="Last accepted request (to the minute)."
+    )
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "event key"
+
+    def __str__(self) -> str:
+        return self.name or f"event key {self.pk}"
+
+
+class WebhookScheme(models.TextChoices):
+    """How a webhook's deliveries are signed."""
+
+    HMAC_SHA256 = "hmac-sha256", "HMAC-SHA256 (GitHub: X-Hub-Signature-256)"
+    """``X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the raw body>``."""
+    STRIPE = "stripe", "Stripe (Stripe-Signature)"
+    """``Stripe-Signature: t=<unix s>,v1=<hex HMAC-SHA256 of "t.body">``, with a tolerance."""
+
+
+class Webhook(models.Model):
+    """An endpoint ``POST /w/<id>`` that turns a third party's signed deliveries into events."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="webhooks")
+    name = models.CharField(max_length=200, blank=True, help_text="A label for people.")
+    event_name = models.CharField(
+        max_length=255, help_text="The name of the event the default transform sends."
+    )
+    transform = models.CharField(
+        max_length=255,
+        blank=True,
+        help_text="Dotted path to a function (request) -> list of event dicts; blank: default.",
+    )
+    scheme = models.CharField(max_length=16, choices=WebhookScheme.choices)
+    secret = models.CharField(
+        max_length=255, help_text="The signing secret the provider shows (kept to verify)."
+    )
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.name or self.event_name

@@ -20,6 +20,13 @@ from eventbus.exceptions import EventError
 _NAME_RE = re.compile(r"^[^\s*\x00-\x1f\x7f]+$")
 # Year 1970 to 9999: what a datetime can hold.
 MAX_TS_MS = 253_402_300_799_999
+# Name prefixes that only the app which reserved them emits (see reserve_prefix).
+_reserved_prefixes: set[str] = set()
+#: A regex character class of what no name, slug, id or key may contain, as they make
+#: look-alike names in the console: C0 and C1 controls, bidi marks, overrides and
+#: isolates, zero-width characters, and lone surrogates.
+INVISIBLE = "\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff\ud800-\udfff"
+_INVISIBLE_RE = re.compile(f"[{INVISIBLE}]")
 
 
 @dataclass(frozen=True)
@@ -96,22 +103,70 @@ def encode_json(value: Any, *, max_depth: int, max_bytes: int, where: str) -> st
     return encoded
 
 
-def event(name: Any, data: Any = None, ts: Any = None, id: Any = None) -> EventSpec:
-    """Validate one event's fields; raise :class:`EventError` naming what is wrong."""
-    settings = conf.get()
-    if not isinstance(name, str):
-        raise EventError(f"event name must be a string, got {type(name).__name__}")
-    if not name:
+def invisible_problem(text: str) -> str | None:
+    """Why ``text`` may not be a name, slug, id or key (see ``INVISIBLE``), or ``None``."""
+    return _invisible_problem(text)
+
+
+def _invisible_problem(text: str) -> str | None:
+    found = _INVISIBLE_RE.search(text)
+    if found is None:
+        return None
+    return (
+        f"contains U+{ord(found.group()):04X}: control characters (C0, C1), bidirectional "
+        "controls, zero-width characters and lone surrogates are not allowed"
+    )
+
+
+def event_name(value: Any, *, reserved_ok: bool = False) -> str:
+    """Validate an event name; raise :class:`EventError` naming what is wrong.
+
+    Names under a reserved prefix (:func:`reserve_prefix`) are refused unless
+    ``reserved_ok=True``, which only the app that reserved it passes, to emit them (or
+    to wait for them).
+    """
+    if not isinstance(value, str):
+        raise EventError(f"event name must be a string, got {type(value).__name__}")
+    if not value:
         raise EventError("event name must not be empty")
-    if len(name) > settings.MAX_NAME_LENGTH:
+    limit = conf.get().MAX_NAME_LENGTH
+    if len(value) > limit:
+        raise EventError(f"event name is {len(value)} characters long; the limit is {limit}")
+    if not _NAME_RE.match(value):
         raise EventError(
-            f"event name is {len(name)} characters long; the limit is {settings.MAX_NAME_LENGTH}"
-        )
-    if not _NAME_RE.match(name):
-        raise EventError(
-            f"event name {name[:80]!r} is malformed: use printable characters without "
+            f"event name {value[:80]!r} is malformed: use printable characters without "
             "spaces, control characters or '*' (e.g. 'billing/invoice.paid')"
         )
+    problem = _invisible_problem(value)
+    if problem:
+        raise EventError(f"event name {value[:80]!r} {problem}")
+    reserved = next((p for p in _reserved_prefixes if value.startswith(p)), None)
+    if reserved is not None and not reserved_ok:
+        raise EventError(
+            f"event name {value[:80]!r} is reserved: names beginning with {reserved!r} are "
+            "emitted only by the app that owns them; use another prefix"
+        )
+    return value
+
+
+def reserve_prefix(prefix: str) -> None:
+    """Refuse event names beginning with ``prefix`` from every sender but its owner.
+
+    Called once at start-up by the app whose own events they are (the workflow engine
+    reserves its system events' prefix); its code then validates with ``reserved_ok``.
+    """
+    _reserved_prefixes.add(prefix)
+
+
+def event(
+    name: Any, data: Any = None, ts: Any = None, id: Any = None, *, reserved_ok: bool = False
+) -> EventSpec:
+    """Validate one event's fields; raise :class:`EventError` naming what is wrong.
+
+    ``reserved_ok=True`` is for the engine's own events only (see :func:`event_name`).
+    """
+    settings = conf.get()
+    name = event_name(name, reserved_ok=reserved_ok)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -145,8 +200,12 @@ def event(name: Any, data: Any = None, ts: Any = None, id: Any = None) -> EventS
             raise EventError(
                 f"id is {len(id)} characters long; the limit is {settings.MAX_NAME_LENGTH}"
             )
-        if _string_problem(id) or any(ord(c) < 32 or ord(c) == 127 for c in id):
-            raise EventError("id must not contain control characters")
+        found = _INVISIBLE_RE.search(id)
+        if found:
+            raise EventError(
+                "id must not contain control characters (C0, C1), bidirectional controls, "
+                f"zero-width characters or lone surrogates; found U+{ord(found.group()):04X}"
+            )
     return EventSpec(
         name=name,
         data=json.loads(encoded),

@@ -38,6 +38,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: replies of the HTTP event API (/e/, /w/) are JSON even when Django refuses
+    # a request before the view (a Host not in ALLOWED_HOSTS, a 404).
+    "eventbus.middleware.EventApiMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -126,6 +129,8 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "store_processed": False,
         "polling_interval": 0.1,
     }
+    # kombu's transport, but a message is never read before it is whole (fsbroker.py).
+    CELERY_BROKER_TRANSPORT = "settings.fsbroker.Transport"
 elif CELERY_BROKER_URL.startswith("redis"):
     # Redis redelivers an unacknowledged message after this long; the engine never
     # asks the broker to hold a message for longer (see WORKFLOWS["ETA_HORIZON"]).
@@ -140,6 +145,9 @@ CELERY_RESULT_EXTENDED = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 4
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# `celery worker -B` (or `celery beat`) keeps its schedule state in a file: under var/,
+# not in whatever directory the worker was started from.
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 # Celery's Django fix-up closes the database connection before and after every task
 # unless this is set, so each task would pay a new connection (a third of a short run).
 # With it, a worker closes its connection every 1,000 tasks, and the engine's tasks

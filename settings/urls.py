@@ -1,10 +1,13 @@
 """URLs of the example project: the Django admin is the console."""
 
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 from django.views.generic import RedirectView
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    # The HTTP event API (POST /e/<key>) and webhooks (POST /w/<id>), at the root:
+    # Inngest's clients post to /e/<key> whatever path their base URL has.
+    path("", include("eventbus.urls")),
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
 ]

@@ -14,6 +14,39 @@ import pytest
 from django.db import connection
 
 ROOT = Path(__file__).resolve().parent.parent
+# pytester: tests of this harness (tests/test_harness.py); workflows.pytest_plugin: the
+# fixtures offered to host projects, tested like any other part of the library.
+pytest_plugins = ["pytester", "workflows.pytest_plugin"]
+
+#: The processes the current test started: a failure report shows the end of their logs.
+_started: list["ProjectProcess"] = []
+#: Lines of each process's log that a failure report shows.
+REPORTED_LOG_LINES = 200
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A new test: forget the processes of the previous one."""
+    _started.clear()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """Add the end of each started process's log to the report of a failed phase.
+
+    Without it, a worker test that times out says only "timed out after 90s": the
+    worker's log is where the reason is, and it is deleted when the test ends.
+    """
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed:
+        return
+    for process in _started:
+        try:
+            tail = process.tail(REPORTED_LOG_LINES)
+        except OSError:
+            continue
+        report.sections.append((f"{process.kind} log {process.log} ({report.when})", tail))
 
 
 def wait_until(
@@ -56,6 +89,7 @@ class ProjectProcess:
         )
         full_env.update(self.extra_env)
         handle = self.log.open("ab")
+        _started.append(self)
         self.process = subprocess.Popen(
             command, cwd=ROOT, env=full_env, stdout=handle, stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -74,12 +108,21 @@ class ProjectProcess:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=30)
 
-    def stop(self) -> None:
-        """Stop it with SIGTERM (a warm shutdown), or kill it after a grace period."""
+    def stop(self, grace: float = 20.0) -> None:
+        """Stop it with SIGTERM (a warm shutdown), or kill it after ``grace`` seconds."""
+        self.ask_to_stop()
+        self.wait_or_kill(time.monotonic() + grace)
+
+    def ask_to_stop(self) -> None:
+        """Send SIGTERM (a warm shutdown: the task executing finishes first)."""
         if self.process and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
+
+    def wait_or_kill(self, deadline: float) -> None:
+        """Wait for the process to end until ``deadline`` (monotonic); then SIGKILL it."""
+        if self.process and self.process.poll() is None:
             try:
-                self.process.wait(timeout=20)
+                self.process.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 self.kill()
 
@@ -108,10 +151,20 @@ class Worker(ProjectProcess):
         return self
 
 
+def purge_test_queue() -> None:
+    """Empty this session's Celery queue (see ``tests/settings.py``)."""
+    from settings.celery import app
+
+    app.control.purge()  # declares the queue first, so a fresh broker is fine too
+
+
 @pytest.fixture
 def start_worker(transactional_db) -> Iterator[Callable[..., Worker]]:
     """Start real worker processes; all are stopped at the end of the test."""
     workers: list[Worker] = []
+    # Bells that earlier tests of this session rang (sends outside ``no_broker``) name
+    # runs that no longer exist: a new worker would spend the test skipping them.
+    purge_test_queue()
 
     def start(**options) -> Worker:
         worker = Worker(**options).start()
@@ -119,8 +172,13 @@ def start_worker(transactional_db) -> Iterator[Callable[..., Worker]]:
         return worker
 
     yield start
+    # All at once: a test's workers stop in the time of the slowest, not the sum. What a
+    # test left executing gets a short grace: the test is over, its database is reset.
     for worker in workers:
-        worker.stop()
+        worker.ask_to_stop()
+    deadline = time.monotonic() + 10
+    for worker in workers:
+        worker.wait_or_kill(deadline)
     for worker in workers:
         if os.environ.get("WORKFLOWS_TEST_SHOW_WORKER_LOG"):
             print(worker.tail(200))

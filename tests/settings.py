@@ -15,7 +15,13 @@ from settings.settings import *  # noqa: F403
 from settings.settings import DATABASES, INSTALLED_APPS
 
 INSTALLED_APPS = [*INSTALLED_APPS, "tests.testapp"]
-WORKFLOWS_MODULES = ["tests.coord_workflows", "tests.chaos.workflows"]
+WORKFLOWS_MODULES = [
+    "tests.coord_workflows",
+    "tests.chaos.workflows",
+    "tests.wedge_workflows",
+    "tests.deploy_workflows",
+    "tests.schedule_workflows",
+]
 
 if os.environ.get("WORKFLOWS_TEST_DATABASE_NAME"):
     # A worker process started by a test: use the test database directly.

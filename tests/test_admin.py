@@ -243,3 +243,90 @@ def test_run_list_queries_do_not_grow_with_rows(client, operator, django_assert_
         assert sql.count("COUNT(") <= 1 and "LIMIT 10000" in sql
     with django_assert_max_num_queries(8):
         assert client.get(reverse("admin:eventbus_event_changelist")).status_code == 200
+
+
+def test_acting_on_one_run_or_event_needs_seeing_it(client):
+    """A user who may cancel and replay, but not view, gets nothing from the action pages."""
+    eventbus.send("adm/steps", {"n": 1})
+    testing.drain()
+    active = WorkflowRun.objects.get(workflow_id="adm-steps")
+    user = User.objects.create_user("blind", password="pw", is_staff=True)
+    grant(user, WorkflowRun, "replay_run", "cancel_run")
+    grant(user, Event, "replay_event")
+    client.force_login(user)
+    for url in (run_url(active, "cancel"), run_url(active, "replay")):
+        assert client.get(url).status_code == 403
+        assert client.post(url, {"confirmed": "yes"}).status_code == 403
+    event_replay = reverse("admin:eventbus_event_replay", args=[active.event_id])
+    assert client.post(event_replay, {"confirmed": "yes"}).status_code == 403
+    active.refresh_from_db()
+    assert active.status == RunStatus.SLEEPING
+    assert WorkflowRun.objects.count() == 1
+
+
+@pytest.mark.parametrize(
+    ("page", "params"),
+    [
+        ("workflows_workflowrun", {"workflow_id": "\x00"}),
+        ("workflows_workflowrun", {"status__exact": "fa\x00iled", "workspace__id__exact": "1"}),
+        ("workflows_workflowrun", {"q": "\x00"}),
+        ("workflows_stepresult", {"status__exact": "\x00"}),
+        ("eventbus_event", {"name": "adm/\x00"}),
+        ("eventbus_event", {"q": "key\x00"}),
+        ("eventbus_workspace", {"q": "\x00"}),
+    ],
+)
+def test_a_nul_in_a_list_filter_is_dropped_with_a_message(client, page, params):
+    failed_run()
+    admin = User.objects.create_superuser("root", "root@example.com", "pw")
+    client.force_login(admin)
+    response = client.get(reverse(f"admin:{page}_changelist"), params, follow=True)
+    assert response.status_code == 200
+    assert "contained a NUL character" in response.content.decode()
+    # The other filters are kept.
+    kept = "&".join(f"{k}={v}" for k, v in params.items() if "\x00" not in v)
+    assert response.redirect_chain[-1][0].endswith(f"?{kept}" if kept else "/")
+
+
+def result_rows(response) -> str:
+    """The table of a change list (not its filters)."""
+    html = response.content.decode()
+    return html.split('id="result_list"', 1)[1].split("</table>", 1)[0]
+
+
+def test_event_ts_is_a_date_and_engine_events_are_hidden_by_default(client, operator):
+    failed_run()  # emits workflows/run.failed
+    engine = Event.objects.get(name="workflows/run.failed")
+    trigger = Event.objects.get(name="adm/flaky")
+    Event.objects.filter(pk=trigger.pk).update(ts=1_764_000_000_123)
+    events = reverse("admin:eventbus_event_changelist")
+    response = client.get(events)
+    listing = result_rows(response)
+    assert "adm/flaky" in listing and "workflows/run.failed" not in listing
+    assert "2025-11-24 16:00:00.123 UTC" in listing and "1764000000123 ms" in listing
+    assert "engine events (workflows/…)" in response.content.decode()
+    shown = result_rows(client.get(events, {"origin": "engine"}))
+    assert "workflows/run.failed" in shown and "adm/flaky" not in shown
+    both = result_rows(client.get(events, {"origin": "all"}))
+    assert "workflows/run.failed" in both and "adm/flaky" in both
+    # Looking one up by its id finds it whatever the origin filter says.
+    assert "workflows/run.failed" in result_rows(client.get(events, {"q": str(engine.pk)}))
+    detail = client.get(reverse("admin:eventbus_event_change", args=[trigger.pk])).content.decode()
+    assert "2025-11-24 16:00:00.123 UTC" in detail
+
+
+def test_a_cancelled_runs_sleep_step_is_shown_cancelled(admin_client):
+    client = admin_client
+    eventbus.send("adm/steps", {"n": 1})
+    testing.drain()
+    run = WorkflowRun.objects.get(workflow_id="adm-steps")
+    assert run.status == RunStatus.SLEEPING
+    client.post(run_url(run, "cancel"), {"confirmed": "yes"})
+    run.refresh_from_db()
+    assert run.status == RunStatus.CANCELLED
+    page = client.get(run_url(run)).content.decode()
+    (pause,) = [row for row in page.split('class="wf-tl-row wf-step"')[1:] if "pause" in row[:600]]
+    assert "wf-st-cancelled" in pause and "sleeping" not in pause.split("</div>\n  </div>")[0]
+    steps = reverse("admin:workflows_stepresult_changelist")
+    listing = result_rows(client.get(steps, {"q": str(run.pk)}))
+    assert "wf-status-cancelled" in listing and "wf-status-sleeping" not in listing

@@ -1,11 +1,13 @@
 """The admin console in a real browser: log in, open an event and a run, replay from a step.
 
 Needs Debian's ``chromium`` (``/usr/bin/chromium``) and Playwright's Python package;
-``.ci/browser-setup.sh`` installs both. The screenshot of the run page is saved to
-``test-artifacts/run-page.png``.
+``.ci/browser-setup.sh`` installs both. Screenshots of the run page are saved under
+``test-artifacts/`` (ignored by git): ``run-page.png``, and ``run-page-1280.png``,
+``run-page-phone.png``, ``run-list-1280.png``, ``run-list-phone.png``.
 """
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -103,3 +105,64 @@ def test_find_an_event_open_its_run_and_replay_from_the_failed_step(live_server,
         replay.refresh_from_db()
         assert replay.status == "completed" and replay.event_id == run.event_id
         assert str(run.event_id) == event_id
+
+
+#: The widths the run page must read well at: a laptop's window, and a phone's.
+WIDTHS = {"1280": {"width": 1280, "height": 900}, "phone": {"width": 390, "height": 844}}
+
+#: Elements whose text is cut: wider than their box, or (``outside`` true) past the
+#: window's right edge.
+CUT_TEXT = """([selector, outside]) => [...document.querySelectorAll(selector)]
+    .filter((el) => el.scrollWidth > el.clientWidth + 1 || (outside &&
+        el.getBoundingClientRect().right > document.documentElement.clientWidth + 1))
+    .map((el) => el.textContent.trim())"""
+
+
+def log_in(page, live_server) -> None:
+    page.goto(f"{live_server.url}/admin/login/?next=/admin/")
+    page.fill("#id_username", "admin")
+    page.fill("#id_password", "secret-pw")
+    page.click("input[type=submit]")
+    page.wait_for_url(f"{live_server.url}/admin/")
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("width", list(WIDTHS))
+def test_the_run_page_reads_well_at_1280_px_and_phone_width(live_server, page, width):
+    admin_workflows.FLAKY["fail"] = True
+    with testing.no_broker():
+        User.objects.create_superuser("admin", "admin@example.com", "secret-pw")
+        eventbus.send("adm/flaky", {"order": 1234})
+        testing.drain(skip_time=True)
+    run = WorkflowRun.objects.get(workflow_id="adm-flaky")
+    page.set_viewport_size(WIDTHS[width])
+    log_in(page, live_server)
+    ARTIFACTS.mkdir(exist_ok=True)
+
+    page.goto(f"{live_server.url}/admin/workflows/workflowrun/{run.pk}/change/")
+    page.wait_for_selector("#wf-timeline")
+    page.screenshot(path=str(ARTIFACTS / f"run-page-{width}.png"), full_page=True)
+    # Every step's status, start and duration are shown whole, inside the window.
+    assert page.evaluate(CUT_TEXT, [".wf-tl-meta", True]) == []
+    assert page.evaluate("document.documentElement.scrollWidth") <= WIDTHS[width]["width"]
+    metas = page.locator(".wf-step .wf-tl-meta").all_inner_texts()
+    assert len(metas) == 3 and metas[2].startswith("failed ×2 · +")
+    # Times to the millisecond, durations too.
+    created = page.inner_text(".field-created .readonly, .field-created_started_finished")
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}", created), created
+    assert re.search(r"\d+(ms|\.\d{3}s)", page.inner_text(".field-run_duration")), page.inner_text(
+        ".field-run_duration"
+    )
+    # A step opens from its row: its output, error and tries.
+    page.click(".wf-step:has-text('charge') a.wf-step-link")
+    page.wait_for_selector(".field-error_details")
+    assert "card declined" in page.inner_text(".field-error_details")
+    assert page.inner_text(".field-attempt .readonly").strip() == "1"
+
+    page.goto(f"{live_server.url}/admin/workflows/workflowrun/")
+    page.screenshot(path=str(ARTIFACTS / f"run-list-{width}.png"), full_page=True)
+    shown = page.inner_text("#result_list td.field-created")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}", shown.strip()), shown
+    # The list may scroll sideways on a phone; a cell's text is never cut.
+    assert page.evaluate(CUT_TEXT, ["#result_list td.field-created .wf-time", False]) == []
+    assert page.evaluate(CUT_TEXT, ["#result_list td.field-created", False]) == []

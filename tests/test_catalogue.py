@@ -15,7 +15,8 @@ import re
 import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 from io import StringIO
 from typing import Any
 
@@ -32,6 +33,7 @@ import eventbus
 from eventbus import bus, validation
 from eventbus.models import Event, EventStatus, Workspace
 from workflows import testing, workflow
+from workflows.exceptions import RetryAfterError
 from workflows.models import RunStatus, StepResult, StepStatus, WorkflowRun
 
 pytestmark = pytest.mark.django_db
@@ -156,6 +158,8 @@ SEND_CASES = [
     Case("send-id-control-char", "send", send("cat/x", id="k\x01"), "id must not contain control"),
     Case("send-unknown-workspace", "send", send("cat/x", workspace="nope"), "unknown workspace"),
     Case("send-workspace-int", "send", send("cat/x", workspace=3), "workspace must be a slug"),
+    Case("send-workspace-nul", "send", send("cat/x", workspace="a\x00b"), "contains U\\+0000"),
+    Case("send-workspace-zero-width", "send", send("cat/x", workspace="de\u200bfault"), "U\\+200B"),
     Case("batch-empty", "send_batch", batch([]), "events must not be empty"),
     Case("batch-dict", "send_batch", batch({"name": "cat/x"}), "events must be a list"),
     Case("batch-string", "send_batch", batch("cat/x"), "events must be a list"),
@@ -207,6 +211,24 @@ STEP_CASES = [
         "step id is 256 characters long; the limit is 255",
     ),
     Case("step-id-nul", "step", lambda ctx: ctx.step.run("a\x00b", int), "must not contain NUL"),
+    Case("step-id-bidi", "step", lambda ctx: ctx.step.run("a\u202eb", int), "contains U\\+202E"),
+    Case("step-id-surrogate", "step", lambda ctx: ctx.step.run("a\ud800", int), "U\\+D800"),
+    Case("step-id-c1", "step", lambda ctx: ctx.step.run("a\x85b", int), "contains U\\+0085"),
+    Case(
+        "step-sleep-until-year-0-utc",
+        "step",
+        lambda ctx: ctx.step.sleep_until(
+            "z", datetime(1, 1, 1, 1, tzinfo=dt_timezone(timedelta(hours=14)))
+        ),
+        "is not within the years 1 to 9999 in UTC",
+    ),
+    Case(
+        "step-retry-after-nan",
+        "step",
+        lambda ctx: ctx.step.run("r", lambda: RetryAfterError("later", math.nan)),
+        "retry_after must be from 0 seconds to 100 years",
+        failed_memo=True,
+    ),
     Case(
         "step-run-not-callable",
         "step",
@@ -373,6 +395,24 @@ WORKFLOW_CASES = [
         "trigger 'a b' is not an event name",
     ),
     Case("wf-trigger-star-inside", "@workflow", define(id="cat-bad", trigger="a*b"), "'/\\*'"),
+    Case(
+        "wf-trigger-bidi",
+        "@workflow",
+        define(id="cat-bad", trigger="cat/\u202eevil"),
+        "is not an event name",
+    ),
+    Case(
+        "wf-trigger-surrogate",
+        "@workflow",
+        define(id="cat-bad", trigger="cat/\ud800"),
+        "is not an event name",
+    ),
+    Case(
+        "wf-cancel-on-zero-width",
+        "@workflow",
+        define(id="cat-bad", trigger="cat/x", cancel_on=[{"event": "cat/\u200by"}]),
+        "needs an 'event'",
+    ),
     Case("wf-trigger-empty-list", "@workflow", define(id="cat-bad", trigger=[]), "non-empty list"),
     Case("wf-trigger-dict", "@workflow", define(id="cat-bad", trigger={"a": 1}), "trigger must"),
     Case("wf-trigger-int-in-list", "@workflow", define(id="cat-bad", trigger=["ok", 5]), "5 is"),
@@ -464,16 +504,49 @@ COMMAND_CASES = [
     Case("cmd-list-bad-status", "command", command("list_runs", "--status", "done"),
          "unknown status 'done'; use one of: queued"),
     Case("cmd-list-limit-zero", "command", command("list_runs", "--limit", "0"),
-         "--limit must be 1 or more, got 0"),
+         "argument --limit: must be from 1 to 100000, got 0"),
     Case("cmd-list-since-garbage", "command", command("list_runs", "--since", "last week"),
          "--since 'last week' is not an ISO date"),
     Case("cmd-list-unknown-workspace", "command", command("list_runs", "--workspace", "nope"),
          "unknown workspace 'nope'"),
     Case("cmd-purge-negative-age", "command", command("purge_runs", "--older-than", "-1"),
-         "older_than_days must be 0 or more"),
+         "argument --older-than: must be a number of days from 0 to 36500, got '-1'"),
     Case("cmd-purge-active-status", "command",
          command("purge_runs", "--older-than", "1", "--status", "queued"),
-         "unknown status 'queued'; use one of: cancelled, completed, failed"),
+         "runs with status 'queued' are still active and cannot be purged; purge one of: "
+         "cancelled, completed, failed"),
+    Case("cmd-purge-unknown-status", "command",
+         command("purge_runs", "--older-than", "1", "--status", "done"),
+         "unknown status 'done'; use one of: cancelled, completed, failed"),
+    *[
+        Case(f"cmd-purge-age-{age}", "command", command("purge_runs", "--older-than", age),
+             f"argument --older-than: must be a number of days from 0 to 36500, got '{age}'")
+        for age in ("nan", "inf", "1e10", "soon")
+    ],
+    Case("cmd-purge-batch-zero", "command",
+         command("purge_runs", "--older-than", "1", "--batch-size", "0"),
+         "argument --batch-size: must be from 1 to 10000, got 0"),
+    Case("cmd-replay-limit-negative", "command",
+         command("replay_run", "--workflow", "t-steps", "--limit", "-1"),
+         "argument --limit: must be from 1 to 1000000000, got -1"),
+    Case("cmd-replay-unknown-workflow", "command", command("replay_run", "--workflow", "nope"),
+         "workflow 'nope' is not registered in this process"),
+    *[
+        Case(f"cmd-replay-{flag}-out-of-range", "command",
+             command("replay_run", "--workflow", "t-steps", f"--{flag}", when),
+             re.escape(f"--{flag} '{when}' is out of range: the date must fall between the "
+                       "years 1 and 9999 in UTC"))
+        for flag, when in (("since", "9999-12-31T23:00:00-16:00"),
+                           ("until", "0001-01-01T00:00:00+15:00"))
+    ],
+    Case("cmd-send-data-huge-integer", "command",
+         command("send_event", "cat/x", "--data", '{"n": ' + "9" * 5000 + "}"),
+         "--data is not valid JSON: Exceeds the limit \\(4300 digits\\)"),
+    Case("cmd-send-data-deep", "command",
+         command("send_event", "cat/x", "--data", '{"a": ' * 100_000 + "1" + "}" * 100_000),
+         "--data is nested too deeply to read"),
+    Case("cmd-show-width-huge", "command", command("show_run", run_id, "--width", "1000000000"),
+         "argument --width: must be from 10 to 500, got 1000000000", setup=with_run),
 ]  # fmt: skip
 for _case in COMMAND_CASES:
     _case.error = CommandError
@@ -504,6 +577,17 @@ def event_url(name: str) -> Callable[[Any], str]:
 
 def changelist(env: Any) -> str:
     return reverse("admin:workflows_workflowrun_changelist")
+
+
+def with_active_run(env: Any) -> None:
+    with testing.no_broker():
+        event_id = eventbus.send("test/steps", {"steps": 2})
+    env.run = WorkflowRun.objects.get(event_id=event_id)
+
+
+def with_emitted(env: Any) -> None:
+    env.run = env.completed_run()
+    env.event = env.run.event
 
 
 def with_two_runs(env: Any) -> None:
@@ -545,6 +629,30 @@ ADMIN_CASES = [
     Case("admin-replay-scheduled-event", "admin",
          admin_post(event_url("replay"), "operator", {"confirmed": "yes"}),
          "is still scheduled", setup=with_scheduled),
+    Case("admin-blind-cancel-page", "admin", admin_get(run_url("cancel"), "blind-operator"),
+         "^403", setup=with_run),
+    Case("admin-blind-cancel-post", "admin",
+         admin_post(run_url("cancel"), "blind-operator", {"confirmed": "yes"}), "^403",
+         setup=with_active_run),
+    Case("admin-blind-replay-post", "admin",
+         admin_post(run_url("replay"), "blind-operator", {"confirmed": "yes"}), "^403",
+         setup=with_run),
+    Case("admin-blind-replay-event", "admin",
+         admin_post(event_url("replay"), "blind-operator", {"confirmed": "yes"}), "^403",
+         setup=with_emitted),
+    *[
+        Case(f"admin-nul-in-{name}-{key}", "admin",
+             admin_get(lambda env, page=page, key=key: f"{reverse(page)}?{key}=%00", "viewer"),
+             f"^302 [^?]*/ .*The filter '{key}' contained a NUL character")
+        for name, page, key in (
+            ("runs", "admin:workflows_workflowrun_changelist", "workflow_id"),
+            ("runs", "admin:workflows_workflowrun_changelist", "status"),
+            ("runs", "admin:workflows_workflowrun_changelist", "q"),
+            ("runs", "admin:workflows_workflowrun_changelist", "created_at__gte"),
+            ("events", "admin:eventbus_event_changelist", "name"),
+            ("events", "admin:eventbus_event_changelist", "q"),
+        )
+    ],
     Case("admin-replay-unknown-run", "admin",
          admin_get(lambda env: reverse("admin:workflows_workflowrun_replay", args=[UNKNOWN]),
                    "operator"),
@@ -724,6 +832,8 @@ class Env:
         user = User.objects.create_user(name, password="pw", is_staff=True)
         codenames = {
             "nobody": [],
+            # May act but not see: the per-object pages need seeing too.
+            "blind-operator": ["replay_run", "cancel_run", "replay_event"],
             "viewer": ["view_workflowrun", "view_event"],
             "operator": [
                 "view_workflowrun",

@@ -167,7 +167,7 @@ def test_list_runs_table_and_filters():
     eventbus.send("adm/steps", {"n": 1})
     out = run("list_runs")
     assert out.splitlines()[0].split() == [
-        "ID", "WORKFLOW", "STATUS", "WORKSPACE", "CREATED", "DURATION", "ATTEMPT",
+        "ID", "WORKFLOW", "VERSION", "STATUS", "WORKSPACE", "CREATED", "DURATION", "ATTEMPT",
     ]  # fmt: skip
     assert "adm-flaky" in out and "adm-steps" in out
     out = run("list_runs", "--status", "failed")
@@ -198,11 +198,11 @@ def test_purge_runs_command():
     out = run("purge_runs", "--older-than", "7", "--status", "failed", "--batch-size", "2")
     assert "deleted 2/3 run(s)" in out and "Purged 3 run(s)." in out
     assert not WorkflowRun.objects.exists()
-    with pytest.raises(CommandError, match="use one of: cancelled, completed, failed"):
+    with pytest.raises(CommandError, match="'queued' are still active and cannot be purged"):
         run("purge_runs", "--older-than", "7", "--status", "queued")
-    with pytest.raises(CommandError):
+    with pytest.raises(CommandError, match="argument --older-than: must be a number of days"):
         run("purge_runs", "--older-than", "soon")
-    with pytest.raises(CommandError, match="older_than_days must be 0 or more"):
+    with pytest.raises(CommandError, match="argument --older-than: .* got '-1'"):
         run("purge_runs", "--older-than", "-1")
 
 
@@ -219,3 +219,52 @@ def test_a_bad_argument_exits_non_zero_from_the_shell():
     )  # fmt: skip
     assert done.returncode == 1
     assert "CommandError: --data is not valid JSON" in done.stderr
+
+
+def test_dates_with_any_offset_select_runs_by_their_utc_time():
+    original = failed_run()
+    # +16:00 is beyond what PostgreSQL takes as an offset; as UTC it is an ordinary date.
+    before = (original.created_at - timedelta(hours=1)).astimezone(
+        timezone.get_fixed_timezone(16 * 60)
+    )
+    since = before.isoformat()
+    assert since.endswith("+16:00")
+    assert "Would replay 1 run(s)." in run(
+        "replay_run", "--workflow", "adm-flaky", "--since", since, "--dry-run"
+    )
+    assert str(original.pk) in run("list_runs", "--since", since)
+    until = before.astimezone(timezone.get_fixed_timezone(-(23 * 60 + 59))).isoformat()
+    assert "Would replay 0 run(s)." in run(
+        "replay_run", "--workflow", "adm-flaky", "--until", until, "--dry-run"
+    )
+
+
+def test_show_run_escapes_control_characters_written_by_workflow_code():
+    original = failed_run()
+    WorkflowRun.objects.filter(pk=original.pk).update(
+        error={
+            "type": "Boom\x1b[2J",
+            "message": "card \x1b[31mdeclined\u202e\x9b",
+            "traceback": "Traceback:\n  line \x1b]0;pwned\x07 here\n",
+        }
+    )
+    original.steps.filter(step_id="charge").update(step_id="charge\x1b[0m\u200b")
+    out = run("show_run", str(original.pk))
+    for raw in ("\x1b", "\x07", "\x9b", "\u202e", "\u200b"):
+        assert raw not in out
+    assert "Boom\\x1b[2J: card \\x1b[31mdeclined\\u202e\\x9b" in out
+    assert "  line \\x1b]0;pwned\\x07 here" in out.splitlines()  # lines kept
+    assert "charge\\x1b[0m\\u200b" in out
+
+
+def test_show_run_of_a_cancelled_sleep_shows_it_cancelled_not_sleeping():
+    eventbus.send("adm/steps", {"n": 1})
+    testing.drain()
+    sleeper = WorkflowRun.objects.get(workflow_id="adm-steps")
+    assert sleeper.status == RunStatus.SLEEPING
+    run("cancel_run", str(sleeper.pk))
+    out = run("show_run", str(sleeper.pk))
+    (pause,) = [line for line in out.splitlines() if " pause " in line]
+    assert "cancelled" in pause and "sleeping" not in pause
+    assert "~" not in pause and "-" in pause.split("|")[1]
+    assert "…" not in pause  # a duration, not "still going on"

@@ -9,7 +9,7 @@ from django.utils import timezone
 import eventbus
 from eventbus.models import Event, Workspace
 from tests import admin_workflows
-from workflows import services, testing
+from workflows import retention, services, testing
 from workflows.exceptions import (
     ConsoleError,
     MalformedIdError,
@@ -215,14 +215,14 @@ def test_purge_deletes_old_finished_runs_in_batches_and_keeps_the_rest():
     old = timezone.now() - timedelta(days=40)
     WorkflowRun.objects.update(created_at=old)
 
-    progress = list(services.purge_runs(30, ["failed"], batch_size=2))
+    progress = list(retention.purge_runs(30, ["failed"], batch_size=2))
 
     assert progress == [2, 4, 5]
     assert not WorkflowRun.objects.filter(status=RunStatus.FAILED).exists()
     assert WorkflowRun.objects.filter(pk=active.pk).exists()
     assert WorkflowRun.objects.filter(status=RunStatus.COMPLETED).count() == 1
     assert not StepResult.objects.filter(run__workflow_id="adm-flaky").exists()
-    with pytest.raises(ConsoleError, match="use one of: cancelled, completed, failed"):
-        list(services.purge_runs(30, ["running"]))
+    with pytest.raises(ConsoleError, match="still active and cannot be purged; purge one of: canc"):
+        list(retention.purge_runs(30, ["running"]))
     with pytest.raises(ConsoleError, match="batch_size"):
-        list(services.purge_runs(30, None, batch_size=0))
+        list(retention.purge_runs(30, None, batch_size=0))

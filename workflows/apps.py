@@ -12,9 +12,11 @@ class WorkflowsConfig(AppConfig):
 
     def ready(self) -> None:
         # Imported here, once the app registry is ready: they import models.
-        from eventbus import bus
-        from workflows import checks, registry, signals, subscribers  # noqa: F401
+        from eventbus import bus, validation
+        from workflows import checks, lifecycle, registry, signals, subscribers  # noqa: F401
 
+        # Nobody else emits workflows/… events (no forged workflows/run.failed).
+        validation.reserve_prefix(lifecycle.RESERVED_PREFIX)
         bus.subscribe(subscribers.start_runs)
         bus.subscribe(subscribers.resolve_waits)
         registry.autodiscover()

@@ -5,7 +5,7 @@ from typing import Any
 from django.conf import settings
 from django.core import checks
 
-from workflows import conf
+from workflows import conf, doorbell
 
 #: RabbitMQ closes a channel whose message stays unacknowledged this long (its default).
 RABBITMQ_CONSUMER_TIMEOUT = 30 * 60
@@ -25,6 +25,14 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 "WORKFLOWS['HEARTBEAT_SECONDS'] must be shorter than LEASE_SECONDS, or "
                 "every long step is taken over by a second worker",
                 id="workflows.E002",
+            )
+        )
+    if not 1 <= cfg.RING_BATCH_SIZE <= doorbell.MAX_RUN_IDS:
+        messages.append(
+            checks.Error(
+                f"WORKFLOWS['RING_BATCH_SIZE'] is {cfg.RING_BATCH_SIZE}; it must be from 1 to "
+                f"{doorbell.MAX_RUN_IDS} (workers drop longer messages as forged)",
+                id="workflows.E003",
             )
         )
     broker = getattr(settings, "CELERY_BROKER_URL", "") or ""

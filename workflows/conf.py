@@ -36,10 +36,17 @@ class WorkflowsSettings:
     RETRY_MAX_SECONDS: float = 600.0
     #: Largest encoded output of a step or a run, in bytes.
     MAX_OUTPUT_BYTES: int = 4 * 1024 * 1024
+    #: Largest total of the encoded outputs of a run's ``step.run`` steps, in bytes: a run
+    #: replays its memos on every resumption, so this bounds what a worker holds.
+    MAX_RUN_OUTPUT_BYTES: int = 32 * 1024 * 1024
     #: Most runs one message asks a worker to execute in turn. Runs rung together (a
     #: fan-out, a dispatcher pass) share messages, which saves the broker and worker
     #: overhead per run; 1 sends one message per run.
     RING_BATCH_SIZE: int = 20
+    #: Deepest chain of ``step.invoke``: a run started by an event has depth 0, its
+    #: invoked child 1, … An invoke that would go deeper fails with
+    #: ``InvokeDepthExceeded`` (a workflow that invokes itself cannot run away).
+    MAX_INVOKE_DEPTH: int = 50
     #: Celery queue of the engine's tasks (``None``: the app's default queue).
     QUEUE: str | None = None
 

@@ -18,8 +18,9 @@ class Context:
     """The argument of a workflow function.
 
     ``event`` (``.id``, ``.name``, ``.data``, ``.ts``), ``step``, ``run_id``,
-    ``attempt`` (0 on the first try of the current step), ``workspace`` (slug) and
-    ``logger``.
+    ``attempt`` (0 on the first try of the current step), ``workspace`` (slug),
+    ``logger``, and :meth:`patched` / :meth:`deprecate_patch` for changing the code
+    under runs that are mid-way.
     """
 
     def __init__(self, execution: Execution) -> None:
@@ -31,6 +32,24 @@ class Context:
         self.run_id = str(run.parent_id if run.is_branch else run.pk)
         self.workspace: str = run.workspace.slug
         self.logger = execution.logger
+
+    def patched(self, patch_id: str) -> bool:
+        """Whether this run takes the new path of the change named ``patch_id``.
+
+        ``True`` for a run that holds the patch's marker, or that had recorded nothing
+        at or after this point (the marker is then recorded); ``False`` for a run that
+        had already gone past this point on the old code. A run always gets the same
+        answer for a patch, in a loop too; one patch id belongs to one place in the code.
+        """
+        return self._ex.patched(patch_id)
+
+    def deprecate_patch(self, patch_id: str) -> None:
+        """Mark the patch ``patch_id`` whose old path has been removed from the code.
+
+        Runs with its marker and runs without it both replay; no marker is recorded.
+        Deploy it once no active run took the old path (``check_workflows`` tells).
+        """
+        self._ex.patched(patch_id, deprecated=True)
 
     @property
     def attempt(self) -> int:

@@ -16,7 +16,7 @@ from django.utils import timezone
 from eventbus import bus, validation
 from eventbus.exceptions import EventError
 from eventbus.models import Event
-from workflows import durations, lifecycle, matching, memo, registry, steps, waits
+from workflows import conf, durations, lifecycle, matching, memo, registry, steps, waits
 from workflows.exceptions import (
     BranchDone,
     NonDeterminismError,
@@ -160,7 +160,9 @@ class CoordinationSteps(StepKindBase):
                 + (" (decorate the function with @workflow)" if callable(workflow) else "")
             )
         try:
-            spec = validation.event(lifecycle.INVOKED, {} if data is None else data)
+            spec = validation.event(
+                lifecycle.INVOKED, {} if data is None else data, reserved_ok=True
+            )
             limit = None if timeout is None else durations.parse(timeout, f"{where}: timeout")
         except (EventError, ValueError) as exc:
             raise StepUsageError(f"{where}: {exc}") from None
@@ -185,6 +187,17 @@ class CoordinationSteps(StepKindBase):
             row.status, row.error, row.finished_at = StepStatus.FAILED, describe(exc), now
             ex.save(row)
             raise ex.step_error(row) from None
+        depth = ex.run.depth + 1
+        limit_depth = conf.get().MAX_INVOKE_DEPTH
+        if depth > limit_depth:
+            row.status, row.finished_at = StepStatus.FAILED, now
+            row.error = error_record(
+                "InvokeDepthExceeded",
+                f"{where}: invoking {child_wf.id!r} would make a chain of step.invoke "
+                f"{depth} deep; the limit is WORKFLOWS['MAX_INVOKE_DEPTH'] = {limit_depth}",
+            )
+            ex.save(row)
+            raise ex.step_error(row)
         expires = now + limit if limit is not None else None
         child_id = uuid.uuid4()
         row.status, row.wake_at = StepStatus.WAITING, expires
@@ -199,7 +212,9 @@ class CoordinationSteps(StepKindBase):
                 deliver=False,
             )
             trigger = Event.objects.get(pk=event_id)
-            child = lifecycle.new_run(trigger, child_wf, id=child_id, parent_id=ex.run.pk)
+            child = lifecycle.new_run(
+                trigger, child_wf, id=child_id, parent_id=ex.run.pk, depth=depth
+            )
             lifecycle.start([(child, child_wf)])
             Wait.objects.create(
                 run_id=ex.run.pk,
@@ -286,6 +301,7 @@ class CoordinationSteps(StepKindBase):
                         parent_id=ex.run.pk,
                         branch_key=key,
                         branch_index=index,
+                        depth=ex.run.depth,
                     ),
                     ex.workflow,
                 )
@@ -312,7 +328,8 @@ class CoordinationSteps(StepKindBase):
     # --- waiting machinery ----------------------------------------------------------
     def _event_name(self, event: Any, where: str) -> str:
         try:
-            return validation.event(event, {}).name
+            # Waiting for the engine's own events (workflows/run.finished) is allowed.
+            return validation.event_name(event, reserved_ok=True)
         except EventError as exc:
             raise StepUsageError(f"{where}: event: {exc}") from None
 

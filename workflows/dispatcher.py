@@ -3,7 +3,9 @@
 Each pass (:func:`tick`):
 
 1. emits scheduled events whose ``ts`` has come (each exactly once);
-2. rings for active runs whose ``due_at`` has passed: sleeps that ended, retries whose
+2. fires the schedules whose next slot has come (:mod:`workflows.firing`; the ``cron=``
+   of the registered workflows are reconciled with the database on the first pass);
+3. rings for active runs whose ``due_at`` has passed: sleeps that ended, retries whose
    backoff ended, queued runs whose message was lost, running runs whose worker died
    (lease expired). Their ``due_at`` moves ``RING_TIMEOUT_SECONDS`` ahead, so a run is
    rung again only if that bell goes unanswered too.
@@ -14,24 +16,32 @@ thread (``WORKFLOWS["DISPATCHER_IN_WORKER"]``); ``manage.py run_dispatcher`` run
 its own, and the ``workflows.dispatch`` task suits Celery beat.
 """
 
+import contextlib
 import logging
 import threading
 
 from django.db import close_old_connections, connection, transaction
 
 from eventbus import bus
-from workflows import conf, doorbell, lifecycle, runstore
+from workflows import conf, doorbell, firing, lifecycle, runstore
 
 logger = logging.getLogger("workflows.dispatcher")
 
 
 def tick() -> dict[str, int]:
-    """One pass; returns how many events were emitted and runs rung."""
+    """One pass; returns how many events were emitted, schedules fired and runs rung."""
     settings = conf.get()
     emitted = 0
     while True:
         count = bus.emit_due(settings.DISPATCH_BATCH)
         emitted += count
+        if count < settings.DISPATCH_BATCH:
+            break
+    firing.ensure_reconciled()
+    fired = 0
+    while True:
+        count = firing.fire_due(settings.DISPATCH_BATCH)
+        fired += count
         if count < settings.DISPATCH_BATCH:
             break
     rung = 0
@@ -41,7 +51,7 @@ def tick() -> dict[str, int]:
         if count < settings.DISPATCH_BATCH:
             break
     timed_out = lifecycle.expire_timeouts(settings.DISPATCH_BATCH)
-    return {"emitted": emitted, "rung": rung, "timed_out": timed_out}
+    return {"emitted": emitted, "fired": fired, "rung": rung, "timed_out": timed_out}
 
 
 def ring_due_runs(limit: int) -> int:
@@ -64,12 +74,19 @@ class DispatcherThread(threading.Thread):
         while not self._stop_event.is_set():
             try:
                 result = tick()
-                if result["emitted"] or result["rung"]:
+                if result["emitted"] or result["fired"] or result["rung"]:
                     logger.debug("dispatched %s", result)
             except Exception:
                 logger.exception("dispatcher pass failed; retrying")
                 connection.close()
-            close_old_connections()
+            try:
+                close_old_connections()
+            except Exception:
+                # A broken connection must not end the thread: deferred events, due
+                # schedules and stalled runs would wait for another dispatcher.
+                logger.exception("could not check the database connection; reopening it")
+                with contextlib.suppress(Exception):
+                    connection.close()
             self._stop_event.wait(conf.get().DISPATCH_INTERVAL_SECONDS)
         connection.close()
         logger.info("dispatcher stopped")

@@ -31,6 +31,9 @@ _override = None
 #: Names of the tasks a bell asks for (defined in :mod:`workflows.tasks`).
 EXECUTE_RUN = "workflows.execute_run"
 EXECUTE_RUNS = "workflows.execute_runs"
+#: Most run ids one message may carry: ``RING_BATCH_SIZE`` may not exceed it, and a
+#: worker drops a longer list as forged (it would hold a pool process for long).
+MAX_RUN_IDS = 1000
 #: A ring of many runs is split into at least this many messages (when it has as many).
 _SPREAD = 4
 

@@ -6,7 +6,8 @@ in one query; each new step costs one commit. Outcomes:
 - the workflow returns: the run is ``completed`` with its JSON output;
 - a step suspends (sleep, retry backoff): the run is released, no worker is held;
 - the workflow raises (a ``StepError`` it did not catch, a bug, a non-determinism): the
-  run is ``failed`` with the error and traceback;
+  run is ``failed`` with the error and traceback; a non-determinism in a workflow with
+  ``on_nondeterminism="pause"`` makes it ``paused`` instead, until ``resume_run``;
 - the engine cannot reach the database: nothing is marked, the lease expires and another
   worker resumes the run.
 """
@@ -17,6 +18,7 @@ from contextlib import nullcontext
 from datetime import timedelta
 from typing import Any
 
+from celery.exceptions import WorkerShutdown, WorkerTerminate
 from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
@@ -27,6 +29,7 @@ from workflows.exceptions import (
     BranchDone,
     EngineInterrupt,
     LeaseLost,
+    NonDeterminismError,
     RunCancelled,
     Suspend,
     UnknownWorkflowError,
@@ -42,8 +45,9 @@ def execute(run_id: Any, *, keep_lease_alive: bool = False) -> str:
     """Execute the run if it is ours to run; return what happened.
 
     One of ``"skipped"`` (not runnable: finished, running elsewhere, not yet due),
-    ``"completed"``, ``"failed"``, ``"suspended"``, ``"cancelled"``, ``"lost"`` (another
-    worker took it over) or ``"deferred"`` (its workflow is not registered here).
+    ``"completed"``, ``"failed"``, ``"paused"``, ``"suspended"``, ``"cancelled"``,
+    ``"lost"`` (another worker took it over) or ``"deferred"`` (its workflow is not
+    registered here).
     """
     token = uuid.uuid4().hex
     run = runstore.claim(run_id, token)
@@ -96,7 +100,11 @@ def execute(run_id: Any, *, keep_lease_alive: bool = False) -> str:
             # execution resumes the run from its memos.
             ctx.logger.error("lost the database connection (%s); the run will be resumed", exc)
             raise EngineInterrupt(exc) from exc
-        except Exception as exc:
+        except (WorkerShutdown, WorkerTerminate):
+            raise  # the worker is stopping; the run is resumed from its memos
+        except BaseException as exc:
+            # Any other BaseException (SystemExit, KeyboardInterrupt, a custom one) from
+            # the workflow body fails the run, as an Exception would.
             return _fail(execution, execution.fatal or exc)
         if execution.fatal is not None:
             return _fail(execution, execution.fatal)
@@ -131,6 +139,8 @@ def _fail(execution: Execution, exc: BaseException) -> str:
     step_id = getattr(exc, "step_id", "")
     if step_id:
         error["step_id"] = step_id
+    if isinstance(exc, NonDeterminismError) and execution.workflow.on_nondeterminism == "pause":
+        return _pause(execution, exc, error)
     if lifecycle.finish(execution.run, execution.token, RunStatus.FAILED, error=error):
         logger.warning(
             "run %s of %r failed: %s",
@@ -139,4 +149,14 @@ def _fail(execution: Execution, exc: BaseException) -> str:
             error["message"],
         )
         return "failed"
+    return "cancelled"
+
+
+def _pause(execution: Execution, exc: NonDeterminismError, error: dict[str, Any]) -> str:
+    error.update(recorded=exc.recorded, called=exc.called)
+    if runstore.pause(execution.run.pk, execution.token, error):
+        logger.warning(
+            "run %s of %r paused: %s", execution.run.pk, execution.workflow.id, error["message"]
+        )
+        return "paused"
     return "cancelled"

@@ -14,8 +14,10 @@
   steps store, and the admin and commands show.
 """
 
+import math
+import re
 import traceback
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
@@ -24,6 +26,11 @@ from django.core.exceptions import ImproperlyConfigured
 MAX_TRACEBACK = 20_000
 #: Longest error message kept, in characters.
 MAX_MESSAGE = 5000
+#: Longest ``retry_after`` (about 100 years, as for every other duration).
+MAX_RETRY_AFTER = timedelta(days=100 * 365)
+#: What no database text column can hold: NUL, and surrogates not part of a pair (a
+#: Python ``str`` holds them, UTF-8 cannot encode them).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 class WorkflowError(Exception):
@@ -40,7 +47,8 @@ class NonRetriableError(WorkflowError):
 class RetryAfterError(WorkflowError):
     """The step failed; retry it no sooner than ``retry_after``.
 
-    ``retry_after`` is a ``timedelta``, a number of seconds, or an aware ``datetime``.
+    ``retry_after`` is a ``timedelta`` or a number of seconds (from 0 to 100 years), or
+    an aware ``datetime`` at most 100 years ahead.
     """
 
     def __init__(self, message: str, retry_after: timedelta | float | datetime) -> None:
@@ -51,8 +59,26 @@ class RetryAfterError(WorkflowError):
                 "retry_after must be a timedelta, a number of seconds or an aware datetime, "
                 f"got {type(retry_after).__name__}"
             )
-        if isinstance(retry_after, datetime) and retry_after.tzinfo is None:
-            raise ValueError("retry_after must be an aware datetime (with tzinfo)")
+        if isinstance(retry_after, datetime):
+            if retry_after.tzinfo is None:
+                raise ValueError("retry_after must be an aware datetime (with tzinfo)")
+            try:
+                ahead = retry_after.astimezone(UTC) - datetime.now(UTC)
+            except OverflowError:
+                ahead = MAX_RETRY_AFTER * 2
+            if ahead > MAX_RETRY_AFTER:
+                raise ValueError(
+                    f"retry_after {retry_after.isoformat()} is more than 100 years ahead"
+                )
+        else:
+            if isinstance(retry_after, timedelta):
+                seconds = retry_after.total_seconds()
+            else:
+                seconds = float(retry_after)
+            if not math.isfinite(seconds) or not 0 <= seconds <= MAX_RETRY_AFTER.total_seconds():
+                raise ValueError(
+                    f"retry_after must be from 0 seconds to 100 years, got {retry_after!r}"
+                )
         super().__init__(message)
         self.retry_after = retry_after
 
@@ -68,7 +94,20 @@ class StepError(WorkflowError):
 
 
 class NonDeterminismError(WorkflowError):
-    """A stored memo does not fit the code that replays it."""
+    """A stored memo does not fit the code that replays it.
+
+    ``step_id`` is the step where the code and the record part, ``recorded`` what the
+    run recorded there and ``called`` what the code asked for (both short texts, empty
+    when unknown); a paused run keeps all three in its error.
+    """
+
+    def __init__(
+        self, message: str | None = None, *, step_id: str = "", recorded: str = "", called: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.step_id = step_id
+        self.recorded = recorded
+        self.called = called
 
 
 class StepUsageError(WorkflowError, ValueError):
@@ -122,6 +161,22 @@ class NotReplayableError(ConsoleError):
     """This run or event cannot be replayed (see the message for why)."""
 
 
+class ScheduleError(ConsoleError):
+    """A schedule was given an argument it cannot take (see the message for why)."""
+
+
+class DuplicateScheduleError(ScheduleError):
+    """A schedule with this id exists already."""
+
+
+class UnknownScheduleError(ScheduleError, LookupError):
+    """No schedule has this id."""
+
+
+class NotResumableError(ConsoleError):
+    """This run cannot be resumed (see the message for why)."""
+
+
 # --- interrupts -----------------------------------------------------------------------
 class Suspend(BaseException):
     """The run released its worker and will be resumed later; not an error."""
@@ -156,14 +211,53 @@ class RunCancelled(BaseException):
 
 
 # --- error records --------------------------------------------------------------------
+def storable(text: str) -> str:
+    """``text`` with what no database can store escaped (NUL, lone surrogates).
+
+    Such text comes from user code (an exception message, a traceback) and is kept, not
+    refused; a note at the end says that characters were escaped.
+    """
+    if not _UNSTORABLE.search(text):
+        return text
+    escaped = _UNSTORABLE.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
+    return f"{escaped} [unstorable characters escaped]"
+
+
 def error_record(type: str, message: str, traceback: str = "", **extra: Any) -> dict[str, Any]:
-    """The stored form of an error: ``{"type", "message", "traceback"}`` and ``extra``."""
-    return {"type": type, "message": message[:MAX_MESSAGE], "traceback": traceback, **extra}
+    """The stored form of an error: ``{"type", "message", "traceback"}`` and ``extra``.
+
+    Every text is made storable (:func:`storable`) and the message is cut to
+    ``MAX_MESSAGE`` characters.
+    """
+    return {
+        "type": storable(type),
+        "message": storable(message[:MAX_MESSAGE]),
+        "traceback": storable(traceback),
+        **{
+            key: storable(value) if isinstance(value, str) else value
+            for key, value in extra.items()
+        },
+    }
 
 
 def describe(exc: BaseException) -> dict[str, Any]:
-    """The error record of ``exc``, with its (tail-trimmed) traceback."""
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    """The error record of ``exc``, with its (tail-trimmed) traceback.
+
+    An exception whose ``str()`` or traceback cannot be formatted is described by its
+    type instead: describing a failure must never fail.
+    """
+    try:
+        message = str(exc)
+    except Exception:
+        message = f"<{type(exc).__name__} whose str() raised>"
+    try:
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except Exception:
+        text = ""
     if len(text) > MAX_TRACEBACK:
         text = "…" + text[-MAX_TRACEBACK:]
-    return error_record(type(exc).__name__, str(exc), text)
+    return error_record(type(exc).__name__, message, text)
+
+
+#: The engine's own interrupts: never recorded as failures of user code.
+INTERRUPTS = (Suspend, BranchDone, EngineInterrupt, LeaseLost, RunCancelled)

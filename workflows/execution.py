@@ -13,11 +13,13 @@ become :class:`~workflows.exceptions.EngineInterrupt` (:meth:`~Execution.guard`,
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Iterator
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import DatabaseError, transaction
+from django.db.models import Case, F, JSONField, Value, When
 from django.utils import timezone
 
 from eventbus import validation
@@ -27,8 +29,9 @@ from workflows.exceptions import (
     NestedStepError,
     NonDeterminismError,
     StepError,
+    StepUsageError,
 )
-from workflows.models import StepKind, StepResult, WorkflowRun
+from workflows.models import StepKind, StepResult, StepStatus, WorkflowRun
 
 
 class RunLogger(logging.LoggerAdapter):
@@ -57,19 +60,36 @@ class GuardedAtomic:
             raise EngineInterrupt(exc) from exc
 
 
+#: Outputs larger than this are not loaded with a run's memos: each is read when its step
+#: is replayed, and not kept after, so a resumption holds one large output at a time.
+LAZY_OUTPUT_BYTES = 64 * 1024
+
+
 def to_json(value: Any, where: str) -> Any:
     """``value`` as it will read back from the database; ``ValueError`` if it is not JSON."""
+    return sized_json(value, where)[0]
+
+
+def sized_json(value: Any, where: str) -> tuple[Any, int]:
+    """:func:`to_json` and the size of the encoded value, in bytes."""
     encoded = validation.encode_json(
         value, max_depth=200, max_bytes=conf.get().MAX_OUTPUT_BYTES, where=where
     )
     # Hand back exactly what a replay will read, not the caller's object.
-    return json.loads(encoded)
+    return json.loads(encoded), len(encoded.encode("utf-8"))
 
 
 class Execution:
     """One execution of a run by one worker, and the protocol its steps use."""
 
-    def __init__(self, run: WorkflowRun, workflow: registry.Workflow, token: str) -> None:
+    def __init__(
+        self,
+        run: WorkflowRun,
+        workflow: registry.Workflow,
+        token: str,
+        memos: Iterable[StepResult] | None = None,
+    ) -> None:
+        """``memos``: the run's memos (and its parent's, for a branch) if already read."""
         self.run = run
         self.workflow = workflow
         #: The lease token: every write of this execution is fenced by it.
@@ -83,17 +103,32 @@ class Execution:
             owners = [run.parent_id, run.pk]
         else:
             owners = [run.pk]
-        self._memos: dict[str, StepResult] = {
-            m.key: m for m in StepResult.objects.filter(run_id__in=owners).order_by("run_id")
-        }
-        if run.is_branch:
-            self._memos.update({m.key: m for m in StepResult.objects.filter(run=run)})
+        if memos is None:
+            memos = _memos(StepResult.objects.filter(run_id__in=owners))
+        # A branch's own memo wins over a parent's memo under the same key.
+        ordered = sorted(memos, key=lambda m: m.run_id == run.pk)
+        self._memos: dict[str, StepResult] = {m.key: m for m in ordered}
+        #: Encoded bytes of the run's step outputs so far (``MAX_RUN_OUTPUT_BYTES``).
+        self.output_bytes = sum(m.output_bytes for m in ordered if m.run_id == run.pk)
+        #: The run whose memos are the history the code replays (a branch's parent).
+        self._history = run.parent_id if run.is_branch else run.pk
+        #: The position of the history's last memo: a step the run did not record, met
+        #: before it, was added under a run that had already gone past that point.
+        self._last_position = max(
+            (m.position for m in ordered if m.run_id == self._history), default=-1
+        )
+        #: The answer of each patch met in this execution, and where it was asked.
+        self._patches: dict[str, tuple[bool, str]] = {}
         self._counter = memo.Counter()
         self._in_step: str | None = None
         #: 0 on the first try of the step being executed, n on its n-th retry.
         self.attempt = 0
         #: An error that must fail the run even if the workflow caught it.
         self.fatal: BaseException | None = None
+        #: Executions of this run lost with their worker before this one (a worker killed,
+        #: crashed or out of memory): the first step this execution records is where they
+        #: were lost, and a step body counts each as one of its tries.
+        self.lost = run.lost_executions
         self.logger = RunLogger(
             logging.getLogger("workflows.run"),
             {"run_id": str(run.pk), "workflow_id": run.workflow_id},
@@ -124,22 +159,129 @@ class Execution:
             self.fatal = NonDeterminismError(
                 f"a branch of step.parallel reached step {step_id!r}, which its parent run "
                 "had not recorded: the workflow must reach its parallel step the same way "
-                "every time"
+                "every time",
+                step_id=step_id,
+                recorded="nothing (the parent run did not record it)",
+                called=f"step.{call}",
             )
             raise self.fatal
         if stored is not None and stored.kind != kind:
             self.fatal = NonDeterminismError(
                 f"step {step_id!r} was recorded as a {stored.kind!r} step, but the code now "
                 f"calls step.{call} there: the workflow changed under a run that had "
-                "already recorded this step. Replay the run from an earlier step, or keep "
-                "the old code until such runs finish"
+                "already recorded this step. Guard the change with ctx.patched(), replay "
+                "the run from an earlier step, or keep the old code until such runs finish",
+                step_id=step_id,
+                recorded=f"a {stored.kind} step",
+                called=f"step.{call}",
+            )
+            raise self.fatal
+        if stored is not None:
+            self._counter.resume_after(stored.position)
+        elif self._past(position) and self.run.replay_of_id is None:
+            # Not for replays: a replay from a step copies the completed memos before
+            # it and leaves out the others, so its history has gaps the code fills.
+            later = self._first_recorded_from(position)
+            self.fatal = NonDeterminismError(
+                f"the code now calls step.{call}({step_id!r}), which this run did not record, "
+                f"before steps it did record (next: {later.step_id!r}): a step was added, "
+                "renamed or moved under a run that had already gone past that point. Guard "
+                "the change with ctx.patched(), or replay the run from an earlier step",
+                step_id=step_id,
+                recorded=f"nothing here; next, {later.kind} step {later.step_id!r}",
+                called=f"step.{call}",
             )
             raise self.fatal
         return key, position, stored
 
+    def _past(self, position: int) -> bool:
+        """Whether the run had recorded a memo at or after ``position`` (that is, before
+        this execution met its memos: it went past this point on other code)."""
+        return self._last_position >= position
+
+    def _first_recorded_from(self, position: int) -> StepResult:
+        own = (m for m in self._memos.values() if m.run_id == self._history)
+        return min((m for m in own if m.position >= position), key=lambda m: m.position)
+
+    # --- patches --------------------------------------------------------------------
+    def patched(self, patch_id: Any, *, deprecated: bool = False) -> bool:
+        """Whether this run takes the new path of patch ``patch_id`` (``ctx.patched``).
+
+        ``True`` if the run holds the patch's marker, or recorded nothing at or after
+        this point (the marker is then recorded: from the workflow function of a run,
+        not from a step's function or a branch run, which only read). Every later call
+        in the execution gets the first answer; the same id asked from another line of
+        code is a :class:`StepUsageError`. ``deprecated`` (``ctx.deprecate_patch``):
+        the old path is gone; the marker, if recorded, is replayed, none is recorded.
+        """
+        call = "ctx.deprecate_patch" if deprecated else "ctx.patched"
+        if not isinstance(patch_id, str) or not patch_id.strip() or "\x00" in patch_id:
+            raise StepUsageError(
+                f"{call}: the patch id must be a non-empty string without NUL characters, "
+                f"got {patch_id!r}"[:300]
+            )
+        if len(patch_id) > memo.MAX_STEP_ID_LENGTH:
+            raise StepUsageError(
+                f"{call}: the patch id is {len(patch_id)} characters long; the limit is "
+                f"{memo.MAX_STEP_ID_LENGTH}"
+            )
+        site = _caller_site()
+        known = self._patches.get(patch_id)
+        if known is not None:
+            answer, first = known
+            if site != first:
+                raise StepUsageError(
+                    f"{call}({patch_id!r}) at {site}: this patch id is already used at "
+                    f"{first}; a patch id names one change at one place in the workflow, "
+                    "so give each patch its own id"
+                )
+            return answer
+        key = memo.patch_key(patch_id)
+        stored = self._memos.get(key)
+        if stored is not None:
+            self._counter.resume_after(stored.position)
+            answer = True
+        elif deprecated:
+            answer = True
+        elif self._in_step is not None or self.branch is not None:
+            # Read only: a step's function runs on the current code (its outcome is
+            # recorded as a whole), and a branch run replays its parent's decision.
+            answer = not self._past(self._counter.position)
+        elif self._past(self._counter.position):
+            answer = False
+        else:
+            position = self._counter.take()
+            now = timezone.now()
+            marker = self.new_memo(
+                patch_id,
+                key,
+                position,
+                StepKind.PATCH,
+                status=StepStatus.COMPLETED,
+                started_at=now,
+                finished_at=now,
+            )
+            self.record_patch(marker)
+            answer = True
+        self._patches[patch_id] = (answer, site)
+        return answer
+
+    def record_patch(self, marker: StepResult) -> None:
+        """Store a patch's marker (a read-only execution records nothing)."""
+        self.save(marker)
+
     def recorded(self, key: str) -> StepResult | None:
         """The memo stored under ``key`` in this run, if any."""
         return self._memos.get(key)
+
+    @staticmethod
+    def output_of(row: StepResult) -> Any:
+        """A memo's output; a large one is read now and not kept (see ``LAZY_OUTPUT_BYTES``)."""
+        if row.output_bytes <= LAZY_OUTPUT_BYTES:
+            return row.output
+        output = row.output  # a deferred field: one query
+        row.__dict__.pop("output", None)  # deferred again: the run does not hold it
+        return output
 
     @contextlib.contextmanager
     def running(self, step_id: str, attempt: int) -> Iterator[None]:
@@ -187,7 +329,9 @@ class Execution:
             then=then,
             suspend=released,
             keep_if_cancelled=keep_if_cancelled,
+            clear_lost=self.lost > 0,
         )
+        self.lost = 0
         self.remember(row)
         if suspend is not None:
             doorbell.ring_on_commit([self.run.pk], at=suspend[1])
@@ -195,6 +339,8 @@ class Execution:
     def remember(self, row: StepResult) -> None:
         """Use ``row`` as the step's memo for the rest of this execution."""
         self._memos[row.key] = row
+        if row.run_id == self._history:
+            self._last_position = max(self._last_position, row.position)
 
     # --- suspending -----------------------------------------------------------------
     def suspend(self, status: str, until: datetime | None) -> None:
@@ -242,6 +388,27 @@ class Execution:
             step_id=row.step_id,
             error=error,
         )
+
+
+def _caller_site() -> str:
+    """``file:line`` of the workflow code that called ``ctx.patched`` (two frames up)."""
+    frame = sys._getframe(3)
+    return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+
+
+def _memos(rows: Any) -> list[StepResult]:
+    """A run's memos in one query, with the outputs under ``LAZY_OUTPUT_BYTES`` only."""
+    small = Case(
+        When(output_bytes__lte=LAZY_OUTPUT_BYTES, then=F("output")),
+        default=Value(None),
+        output_field=JSONField(),
+    )
+    memos = list(rows.defer("output").annotate(small_output=small))
+    for row in memos:
+        if row.output_bytes <= LAZY_OUTPUT_BYTES:
+            row.output = row.small_output
+        del row.small_output
+    return memos
 
 
 class StepKindBase:

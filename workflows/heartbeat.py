@@ -2,7 +2,9 @@
 
 One daemon thread per worker process renews the leases of the runs that process is
 executing. It stops renewing a run as soon as its execution ends, so a run whose worker
-was killed is taken over once ``LEASE_SECONDS`` have passed.
+was killed is taken over once ``LEASE_SECONDS`` have passed. In a prefork pool child,
+the main process renews them too (:mod:`workflows.leasekeeper`), so a step that holds
+the interpreter cannot make the lease run out.
 """
 
 import logging
@@ -11,7 +13,7 @@ from typing import Any
 
 from django.db import connection
 
-from workflows import conf, runstore
+from workflows import conf, leasekeeper, runstore
 
 logger = logging.getLogger("workflows.heartbeat")
 
@@ -32,12 +34,14 @@ class track:
         with _lock:
             _tracked[self.run_id] = self.token
             _start()
+        leasekeeper.tell("track", self.run_id, self.token)
         return self
 
     def __exit__(self, *exc: object) -> None:
         with _lock:
             if _tracked.get(self.run_id) == self.token:
                 del _tracked[self.run_id]
+        leasekeeper.tell("untrack", self.run_id, self.token)
 
 
 def _start() -> None:

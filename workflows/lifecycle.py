@@ -45,6 +45,8 @@ RUN_FAILED = "workflows/run.failed"
 RUN_CANCELLED = "workflows/run.cancelled"
 #: The trigger event of a run started by ``step.invoke`` (stored, never broadcast).
 INVOKED = "workflows/invoke"
+#: Every name under it is the engine's own: reserved on the event bus at start-up.
+RESERVED_PREFIX = "workflows/"
 _SYSTEM_PREFIX = "workflows/run."
 
 
@@ -55,7 +57,8 @@ def new_run(
     now: Any = None,
     **fields: Any,
 ) -> WorkflowRun:
-    """An unsaved queued run of ``wf`` for ``event``, with its start timeout set.
+    """An unsaved queued run of ``wf`` for ``event``, with its start timeout and the
+    workflow's current version label set.
 
     A branch of ``step.parallel`` (``branch_index`` given) has no timeout of its own:
     its parent's apply.
@@ -63,10 +66,12 @@ def new_run(
     now = now or timezone.now()
     start = wf.timeouts.start
     fields.setdefault("id", uuid.uuid4())
+    fields.setdefault("is_replay", fields.get("replay_of") is not None)
     branch = fields.get("branch_index") is not None
     return WorkflowRun(
         workspace_id=event.workspace_id,
         workflow_id=wf.id,
+        version=wf.version,
         event=event,
         status=RunStatus.QUEUED,
         due_at=runstore.ring_due(now),
@@ -152,7 +157,7 @@ def _registered(workflow_id: str) -> registry.Workflow | None:
 
 def _spec(name: str, data: dict[str, Any]) -> validation.EventSpec:
     try:
-        return validation.event(name, data)
+        return validation.event(name, data, reserved_ok=True)
     except EventError:
         # Too big with the output (or a huge trigger): keep the facts, drop the bulk.
         slim = {key: value for key, value in data.items() if key not in ("output", "event")}
@@ -164,7 +169,7 @@ def _spec(name: str, data: dict[str, Any]) -> validation.EventSpec:
                 for key, value in slim["error"].items()
                 if key != "child_error"
             }
-        return validation.event(name, slim)
+        return validation.event(name, slim, reserved_ok=True)
 
 
 def cancel(run_id: Any, *, reason: str = "cancelled") -> bool:
@@ -197,10 +202,13 @@ def finish(
 
 
 def expire_timeouts(limit: int) -> int:
-    """Cancel up to ``limit`` runs whose start or finish timeout has passed."""
+    """Cancel up to ``limit`` runs whose start or finish timeout has passed.
+
+    Paused runs are left alone: they wait for someone to resume them.
+    """
     now = timezone.now()
     overdue = list(
-        WorkflowRun.objects.active()
+        WorkflowRun.objects.moving()
         .filter(timeout_at__lte=now)
         .order_by("timeout_at")
         .values_list("pk", "workflow_id", "started_at")[:limit]

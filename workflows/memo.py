@@ -6,8 +6,12 @@ each keep their own memo.
 """
 
 import hashlib
+import re
 
+from eventbus import validation
 from workflows.exceptions import StepUsageError
+
+_INVISIBLE_RE = re.compile(f"[{validation.INVISIBLE}]")
 
 MAX_STEP_ID_LENGTH = 255
 
@@ -16,6 +20,14 @@ def key_for(step_id: str, repeat: int = 0) -> str:
     """The memo key of the ``repeat``-th use (0 = first) of ``step_id`` in a run."""
     text = step_id if repeat == 0 else f"{step_id}:{repeat}"
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+def patch_key(patch_id: str) -> str:
+    """The memo key of the marker of patch ``patch_id`` (``ctx.patched``).
+
+    No step id can have it: the hashed text holds a NUL, which step ids may not.
+    """
+    return hashlib.sha1(f"patch\x00{patch_id}".encode()).hexdigest()
 
 
 def check_step_id(step_id: object, call: str) -> str:
@@ -34,6 +46,13 @@ def check_step_id(step_id: object, call: str) -> str:
         )
     if "\x00" in step_id:
         raise StepUsageError(f"step.{call}: the step id must not contain NUL characters")
+    found = _INVISIBLE_RE.search(step_id)
+    if found:
+        raise StepUsageError(
+            f"step.{call}: the step id contains U+{ord(found.group()):04X}: control "
+            "characters (C0, C1), bidirectional controls, zero-width characters and lone "
+            "surrogates are not allowed"
+        )
     return step_id
 
 
@@ -48,6 +67,18 @@ class Counter:
         """The memo key of this use of ``step_id`` and its position in the run."""
         repeat = self._seen.get(step_id, 0)
         self._seen[step_id] = repeat + 1
+        return key_for(step_id, repeat), self.take()
+
+    def take(self) -> int:
+        """The next position in the run (for a call that is not keyed by a step id)."""
         position = self.position
         self.position += 1
-        return key_for(step_id, repeat), position
+        return position
+
+    def resume_after(self, position: int) -> None:
+        """Go on after a recorded memo at ``position``: new memos are placed after it.
+
+        The same code meets its memos at the positions it recorded them; code that
+        changed (a step removed before this one) keeps placing new memos after them.
+        """
+        self.position = max(self.position, position + 1)

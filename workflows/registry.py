@@ -10,13 +10,18 @@ from typing import Any
 from django.conf import settings
 from django.utils.module_loading import autodiscover_modules
 
-from workflows import conf, durations, matching
+from eventbus import validation
+from workflows import conf, cron, durations, matching
 from workflows.exceptions import UnknownWorkflowError, WorkflowDefinitionError
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-/]{0,199}$")
-_TRIGGER_RE = re.compile(r"^[^\s*\x00-\x1f\x7f]+(/\*)?$")
+_TRIGGER_RE = re.compile(rf"^[^\s*{validation.INVISIBLE}]+(/\*)?$")
 
 _registry: dict[str, "Workflow"] = {}
+#: What ``on_nondeterminism=`` may be: fail the run, or pause it until ``resume_run``.
+ON_NONDETERMINISM = ("fail", "pause")
+#: Longest ``version=`` label (the width of ``WorkflowRun.version``).
+MAX_VERSION_LENGTH = 100
 #: Suffix of the id under which an ``on_failure`` handler runs.
 FAILURE_HANDLER_SUFFIX = ":on-failure"
 
@@ -55,6 +60,9 @@ class Workflow:
         cancel_on: tuple[CancelRule, ...] = (),
         timeouts: Timeouts | None = None,
         on_failure: "Workflow | None" = None,
+        version: str = "",
+        on_nondeterminism: str = "fail",
+        crons: tuple[str, ...] = (),
     ) -> None:
         self.fn = fn
         self.id = id
@@ -64,6 +72,12 @@ class Workflow:
         self.timeouts = timeouts or Timeouts()
         #: The workflow run (as a durable run) after a run of this one failed for good.
         self.on_failure = on_failure
+        #: The label stored on each new run (``WorkflowRun.version``).
+        self.version = version
+        #: ``"fail"`` or ``"pause"``: what a run whose memos no longer fit the code does.
+        self.on_nondeterminism = on_nondeterminism
+        #: The ``cron=`` entries, each as declared (``TZ=`` prefix included).
+        self.crons = crons
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", id)
         self.__module__ = getattr(fn, "__module__", __name__)
@@ -90,6 +104,9 @@ def workflow(
     cancel_on: list[dict[str, Any]] | None = None,
     timeouts: dict[str, Any] | None = None,
     on_failure: Callable[[Any], Any] | None = None,
+    version: str | None = None,
+    on_nondeterminism: str = "fail",
+    cron: str | list[str] | tuple[str, ...] | None = None,
 ) -> Callable[[Callable[[Any], Any]], Workflow]:
     """Register a durable workflow.
 
@@ -106,6 +123,16 @@ def workflow(
     a function of ``ctx`` run as its own durable run after a run failed for good; its
     ``ctx.event`` is the ``workflows/run.failed`` event (``data``: ``run_id``,
     ``workflow_id``, ``error``, ``event``).
+
+    ``version`` is a free-form label (up to 100 characters) stored on each new run, to
+    tell runs of one deploy from another's. ``on_nondeterminism="pause"`` pauses a run
+    whose recorded steps no longer fit the code (status ``paused``, resumed with
+    ``resume_run`` once the code fits again) instead of failing it (``"fail"``, the
+    default). See docs/versioning.md.
+
+    ``cron`` is a cron entry or a list of them (five fields, or six with seconds first;
+    an optional ``TZ=<zone> `` prefix, default UTC): each slot starts one run in the
+    default workspace, with a ``workflows/cron`` event (see docs/schedules.md).
     """
     if not isinstance(id, str) or not _ID_RE.match(id):
         raise WorkflowDefinitionError(
@@ -113,6 +140,13 @@ def workflow(
             "'_.:-/', starting with a letter or digit"
         )
     triggers = _triggers(id, trigger)
+    label = _version(id, version)
+    if on_nondeterminism not in ON_NONDETERMINISM:
+        raise WorkflowDefinitionError(
+            f"workflow {id!r}: on_nondeterminism must be 'fail' or 'pause', got "
+            f"{on_nondeterminism!r}"
+        )
+    crons = _crons(id, cron)
     if retries is None:
         retries = conf.get().DEFAULT_RETRIES
     if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 100:
@@ -143,15 +177,20 @@ def workflow(
                 id=id + FAILURE_HANDLER_SUFFIX,
                 triggers=(),
                 retries=retries,
+                version=label,
+                on_nondeterminism=on_nondeterminism,
             )
         wf = Workflow(
             fn,
             id=id,
             triggers=triggers,
             retries=retries,
+            crons=crons,
             cancel_on=rules,
             timeouts=limits,
             on_failure=handler,
+            version=label,
+            on_nondeterminism=on_nondeterminism,
         )
         register(wf)
         if handler is not None:
@@ -177,6 +216,34 @@ def _triggers(id: str, trigger: Any) -> tuple[str, ...]:
                 "pattern (printable, no spaces, '*' only as a final '/*')"
             )
     return tuple(dict.fromkeys(items))
+
+
+def _crons(id: str, entries: Any) -> tuple[str, ...]:
+    if entries is None:
+        return ()
+    items = [entries] if isinstance(entries, str) else entries
+    if not isinstance(items, list | tuple) or not items:
+        raise WorkflowDefinitionError(
+            f"workflow {id!r}: cron must be a cron entry such as '0 2 * * *', a non-empty "
+            f"list of them, or None; got {entries!r}"
+        )
+    for index, item in enumerate(items):
+        try:
+            cron.parse(item)
+        except cron.CronError as exc:
+            raise WorkflowDefinitionError(f"workflow {id!r}: cron[{index}]: {exc}") from None
+    return tuple(dict.fromkeys(items))
+
+
+def _version(id: str, version: Any) -> str:
+    if version is None:
+        return ""
+    if not isinstance(version, str) or len(version) > MAX_VERSION_LENGTH or "\x00" in version:
+        raise WorkflowDefinitionError(
+            f"workflow {id!r}: version must be a label of at most {MAX_VERSION_LENGTH} "
+            f"characters (e.g. '2025-06-01' or 'v3'), got {version!r}"[:300]
+        )
+    return version
 
 
 _RULE_KEYS = {"event", "match", "if", "if_", "timeout"}
@@ -257,6 +324,7 @@ def register(wf: Workflow) -> None:
         )
     _registry[wf.id] = wf
     _index = None
+    _changed()
 
 
 def unregister(workflow_id: str) -> None:
@@ -264,6 +332,22 @@ def unregister(workflow_id: str) -> None:
     global _index
     _registry.pop(workflow_id, None)
     _index = None
+    _changed()
+
+
+#: Bumped by every change to the registry: the dispatcher reconciles the ``cron=``
+#: schedules with the database again when it differs from the one it last saw.
+generation = 0
+
+
+def _changed() -> None:
+    global generation
+    generation += 1
+
+
+def cron_workflows() -> list[Workflow]:
+    """Every registered workflow with a ``cron=``, by id."""
+    return [wf for wf in all_workflows() if wf.crons]
 
 
 def _origin(wf: Workflow) -> str:

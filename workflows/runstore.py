@@ -9,6 +9,7 @@ never move a run backwards:
   the run in the same transaction); :func:`renew` extends the lease;
 - :func:`suspend` releases a run into sleeping, waiting or queued; :func:`wake` puts a
   waiting run back in the queue; :func:`release_for_retry` gives a run back untouched;
+- :func:`pause` stops it at a non-determinism, :func:`resume` queues it again;
 - :func:`finish` completes or fails it; :func:`cancel` cancels it.
 
 A worker owns a run through a lease (``lease_owner`` is a token unique to one
@@ -26,7 +27,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import Case, F, PositiveIntegerField, Q, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -118,6 +119,12 @@ def _claim_portable(run_id: Any, token: str, now: datetime, lease: datetime) -> 
             due_at=lease,
             wake_at=None,
             started_at=Coalesce("started_at", now),
+            # Taking over from an expired lease: the execution before was lost.
+            lost_executions=Case(
+                When(status=RunStatus.RUNNING, then=F("lost_executions") + 1),
+                default=F("lost_executions"),
+                output_field=PositiveIntegerField(),
+            ),
         )
         if not claimed:
             return None
@@ -169,6 +176,7 @@ def save_step(
     then: Callable[[], None] | None = None,
     suspend: tuple[str, datetime | None, datetime | None] | None = None,
     keep_if_cancelled: bool = False,
+    clear_lost: bool = False,
 ) -> None:
     """Store a step's memo in one transaction, fenced by the lease.
 
@@ -176,12 +184,14 @@ def save_step(
     ``send_event`` to store its events). ``suspend`` = (status, wake_at, due_at) also
     releases the run in that transaction. When the run was cancelled meanwhile, the memo
     of a step body that already ran is kept (``keep_if_cancelled``); nothing else is
-    written, and :class:`RunCancelled` stops the execution.
+    written, and :class:`RunCancelled` stops the execution. ``clear_lost`` resets the
+    run's count of lost executions (the step they were counted against is recorded).
     """
     if (
         memo.pk is None
         and then is None
         and suspend is None
+        and not clear_lost
         and connection.vendor == "postgresql"
         and not connection.in_atomic_block
         and _fresh(token)
@@ -201,6 +211,8 @@ def save_step(
             memo.save(force_insert=True)
         else:
             memo.save(force_update=True)
+        if clear_lost:
+            WorkflowRun.objects.filter(pk=run_id, lease_owner=token).update(lost_executions=0)
         if then is not None and not cancelled:
             then()
         if suspend is not None and not cancelled:
@@ -303,6 +315,39 @@ def finish(run_id: Any, token: str, status: str, *, output: Any = None, error: A
             lease_expires_at=None,
             due_at=None,
             wake_at=None,
+        )
+    )
+
+
+def pause(run_id: Any, token: str, error: Any) -> bool:
+    """Pause the run we own (its memos no longer fit the code); ``False`` if it is no
+    longer ours (cancelled or taken over).
+
+    The worker is released and nothing rings for the run (no ``due_at``, no
+    ``wake_at``) until :func:`resume`; ``error`` says where the code and the record part.
+    """
+    _held.pop(token, None)
+    return bool(
+        WorkflowRun.objects.filter(pk=run_id, lease_owner=token, status=RunStatus.RUNNING).update(
+            status=RunStatus.PAUSED,
+            error=error,
+            lease_owner=None,
+            lease_expires_at=None,
+            due_at=None,
+            wake_at=None,
+        )
+    )
+
+
+def resume(run_id: Any) -> bool:
+    """Queue a paused run again (to execute on the code deployed now); ``False`` if it
+    was not paused. Its error is cleared: the next execution writes its own outcome."""
+    return bool(
+        WorkflowRun.objects.filter(pk=run_id, status=RunStatus.PAUSED).update(
+            status=RunStatus.QUEUED,
+            error=None,
+            wake_at=None,
+            due_at=ring_due(timezone.now()),
         )
     )
 

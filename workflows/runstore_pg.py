@@ -97,7 +97,9 @@ def _claim_statement() -> tuple[str, dict[str, Any], Any, Any, Any]:
             UPDATE "{runs}"
             SET status = '{RunStatus.RUNNING}', lease_owner = %(token)s,
                 lease_expires_at = %(lease)s, due_at = %(lease)s, wake_at = NULL,
-                started_at = COALESCE("{runs}".started_at, %(now)s)
+                started_at = COALESCE("{runs}".started_at, %(now)s),
+                lost_executions = "{runs}".lost_executions
+                    + CASE WHEN "{runs}".status = '{RunStatus.RUNNING}' THEN 1 ELSE 0 END
             FROM (SELECT status, started_at FROM "{runs}" WHERE id = %(id)s) AS old
             WHERE "{runs}".id = %(id)s AND ({runnable})
             RETURNING {_columns(WorkflowRun, f'"{runs}"')},

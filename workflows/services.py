@@ -11,11 +11,10 @@ a run that is still active is allowed: both then execute independently (the repl
 not wait for, or stop, the original; cancel the original first if that is wanted).
 """
 
-import json
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time
 from typing import Any
 
 from django.db import transaction
@@ -23,11 +22,12 @@ from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
 from eventbus.models import Event, EventStatus
-from workflows import lifecycle, matching, registry
+from workflows import deploycheck, doorbell, lifecycle, registry, runstore
 from workflows.exceptions import (
     ConsoleError,
     MalformedIdError,
     NotReplayableError,
+    NotResumableError,
     UnknownEventError,
     UnknownRunError,
     UnknownStepError,
@@ -35,12 +35,9 @@ from workflows.exceptions import (
     WrongWorkspaceError,
 )
 from workflows.models import (
-    TERMINAL_STATUSES,
     RunStatus,
     StepResult,
     StepStatus,
-    Wait,
-    WaitKind,
     WorkflowRun,
 )
 
@@ -91,6 +88,11 @@ def _check_workspace(actual: str, expected: str | None, what: str) -> None:
         )
 
 
+def check_replayable_workflow(workflow_id: str) -> None:
+    """Refuse (:class:`NotReplayableError`) a workflow id this process has not registered."""
+    _check_registered(workflow_id)
+
+
 def _check_registered(workflow_id: str) -> None:
     try:
         registry.get(workflow_id)
@@ -104,9 +106,17 @@ def _check_registered(workflow_id: str) -> None:
 def _start_replays(
     event: Event, replays: Iterable[tuple[registry.Workflow, WorkflowRun | None]]
 ) -> list[WorkflowRun]:
-    """Start a new run of each workflow for ``event``, as a replay of the run given."""
+    """Start a new run of each workflow for ``event``, as a replay of the run given.
+
+    With no run to replay (a workflow subscribed since the event), the run is the
+    event's first run of that workflow, not a replay.
+    """
     return lifecycle.start(
-        (lifecycle.new_run(event, wf, replay_of=original), wf) for wf, original in replays
+        (
+            lifecycle.new_run(event, wf, replay_of=original, is_replay=original is not None),
+            wf,
+        )
+        for wf, original in replays
     )
 
 
@@ -202,7 +212,9 @@ def replay_event(event_id: Any, *, workspace: str | None = None) -> list[Workflo
         )
     originals = {
         run.workflow_id: run
-        for run in WorkflowRun.objects.filter(event=event, replay_of__isnull=True)
+        for run in WorkflowRun.objects.filter(
+            event=event, is_replay=False, branch_index__isnull=True
+        )
     }
     with transaction.atomic():
         runs = _start_replays(event, [(wf, originals.get(wf.id)) for wf in workflows])
@@ -213,6 +225,51 @@ def cancel_run(run_id: Any, *, workspace: str | None = None) -> bool:
     """Cancel an active run; ``False`` if it had already finished."""
     run = get_run(run_id, workspace=workspace)
     return lifecycle.cancel(run.pk, reason="cancelled from the console")
+
+
+def resume_run(run_id: Any, *, workspace: str | None = None) -> WorkflowRun:
+    """Queue a paused run again, to execute on the code deployed now; return it.
+
+    A run that still does not fit the code is paused again at its next execution.
+    A run that is not paused is a :class:`NotResumableError`, and so is one whose
+    workflow is not registered in this process.
+    """
+    run = get_run(run_id, workspace=workspace)
+    if run.status != RunStatus.PAUSED:
+        raise NotResumableError(
+            f"run {run.pk} is {run.status}, not paused: only a paused run can be resumed "
+            "(replay_run starts a new run of any run)"
+        )
+    try:
+        registry.get(run.workflow_id)
+    except UnknownWorkflowError:
+        raise NotResumableError(
+            f"workflow {run.workflow_id!r} is not registered in this process; deploy the "
+            "code that defines it, then resume the run"
+        ) from None
+    with transaction.atomic():
+        if not runstore.resume(run.pk):
+            run.refresh_from_db(fields=["status"])
+            raise NotResumableError(
+                f"run {run.pk} is {run.status}, not paused: only a paused run can be resumed"
+            )
+        doorbell.ring_on_commit([run.pk])
+    run.refresh_from_db()
+    return run
+
+
+def check_workflows(
+    workflow: str | None = None, *, batch_size: int = deploycheck.BATCH_SIZE
+) -> Iterator[deploycheck.Finding | deploycheck.Progress]:
+    """Replay every active run against the code loaded now; yield what would break.
+
+    See :mod:`workflows.deploycheck`: no step body runs and nothing is written. Yields a
+    ``Finding`` (run id, workflow id, step id, reason) per run that would break and a
+    ``Progress`` after each batch. ``workflow`` limits the check to one workflow id.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConsoleError(f"batch_size must be a whole number of 1 or more, got {batch_size!r}")
+    return deploycheck.check(workflow, batch_size=batch_size)
 
 
 # --- selecting runs ------------------------------------------------------------------
@@ -240,9 +297,17 @@ def parse_when(value: str, what: str = "--since") -> datetime:
         )
     if not isinstance(parsed, datetime):
         parsed = datetime.combine(parsed, time.min)
-    if timezone.is_naive(parsed):
-        parsed = timezone.make_aware(parsed)
-    return parsed
+    try:
+        if timezone.is_naive(parsed):
+            parsed = timezone.make_aware(parsed)
+        # In UTC, as the database stores it: PostgreSQL refuses offsets beyond ±15:59,
+        # and an offset can carry a date past year 1 or 9999.
+        return parsed.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise ConsoleError(
+            f"{what} {value!r} is out of range: the date must fall between the years 1 and "
+            "9999 in UTC"
+        ) from None
 
 
 def select_runs(
@@ -252,11 +317,15 @@ def select_runs(
     workspace: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
+    version: str | None = None,
 ):
-    """Runs matching every given filter, newest first (each filter is index-backed)."""
+    """Runs matching every given filter, newest first (each filter is index-backed;
+    ``version``, the workflow's version label, narrows the rows another filter found)."""
     runs = WorkflowRun.objects.all()
     if workflow:
         runs = runs.filter(workflow_id=workflow)
+    if version is not None:
+        runs = runs.filter(version=version)
     if status:
         runs = runs.filter(status=parse_status(status))
     if workspace:
@@ -285,111 +354,11 @@ def replay_many(runs, *, limit: int | None = None) -> Iterator[ReplayOutcome]:
     """
     ids = runs.values_list("pk", flat=True)
     if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ConsoleError(f"limit must be a whole number of 0 or more, got {limit!r}")
         ids = ids[:limit]
     for pk in ids.iterator(chunk_size=1000):
         try:
             yield ReplayOutcome(pk, replay=replay_run(pk))
         except ConsoleError as exc:
             yield ReplayOutcome(pk, error=str(exc))
-
-
-# --- retention -----------------------------------------------------------------------
-
-
-def purgeable_runs(older_than_days: float, statuses: Iterable[str] | None = None):
-    """Finished runs created more than ``older_than_days`` ago with one of ``statuses``.
-
-    Only finished statuses may be purged: deleting an active run would lose work.
-    """
-    if isinstance(older_than_days, bool) or not isinstance(older_than_days, int | float):
-        raise ConsoleError(f"older_than_days must be a number, got {older_than_days!r}")
-    if older_than_days < 0:
-        raise ConsoleError(f"older_than_days must be 0 or more, got {older_than_days}")
-    terminal = sorted(TERMINAL_STATUSES)
-    chosen = list(statuses) if statuses else terminal
-    for status in chosen:
-        parse_status(status, terminal)
-    cutoff = timezone.now() - timedelta(days=older_than_days)
-    return WorkflowRun.objects.finished().filter(status__in=chosen, created_at__lt=cutoff)
-
-
-def purge_runs(
-    older_than_days: float,
-    statuses: Iterable[str] | None = None,
-    batch_size: int = 500,
-) -> Iterator[int]:
-    """Delete purgeable runs (and their steps) in batches; yield the total after each.
-
-    Each batch reads at most ``batch_size`` ids and deletes them in its own transaction,
-    so the table is never loaded into memory and locks stay short. Events are kept (they
-    are the history of what happened); their ``source_run_id`` and ``source_step_id``
-    become empty.
-    """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConsoleError(f"batch_size must be a whole number of 1 or more, got {batch_size!r}")
-    runs = purgeable_runs(older_than_days, statuses)
-    deleted = 0
-    while True:
-        batch = list(runs.order_by("created_at").values_list("pk", flat=True)[:batch_size])
-        if not batch:
-            return
-        with transaction.atomic():
-            # A run that was replayed or invoked keeps its replays and children: their
-            # links are set to NULL by the foreign keys, not deleted with it. The event
-            # bus knows runs only by id: forget the ids of what is deleted.
-            Event.objects.filter(source_run_id__in=batch).update(
-                source_run_id=None, source_step_id=None
-            )
-            WorkflowRun.objects.filter(pk__in=batch).delete()
-        deleted += len(batch)
-        yield deleted
-
-
-# --- what a run waits for --------------------------------------------------------------
-def describe_waits(run: WorkflowRun) -> list[str]:
-    """One line per thing ``run`` waits for, and per event that would cancel it.
-
-    E.g. ``event 'shop/order.paid' where data.orderId = "o1", until 2026-11-27 10:00``.
-    """
-    lines: list[str] = []
-    if run.is_branch:
-        lines.append(f"is branch {run.branch_index} of a step.parallel of run {run.parent_id}")
-    waits = Wait.objects.filter(run=run).select_related("step", "child_run", "run__event")
-    branches: list[Wait] = []
-    for wait in waits.order_by("created_at", "pk"):
-        until = f", until {wait.expires_at:%Y-%m-%d %H:%M:%S %Z}" if wait.expires_at else ""
-        if wait.kind == WaitKind.PARALLEL:
-            branches.append(wait)
-            continue
-        if wait.kind == WaitKind.INVOKE and wait.child_run is not None:
-            child = wait.child_run
-            lines.append(
-                f"step {wait.step.step_id!r} waits for child run {child.pk} "
-                f"({child.workflow_id}, {child.status}){until}"
-            )
-            continue
-        condition = _condition(wait)
-        if wait.kind == WaitKind.CANCEL:
-            lines.append(f"cancelled by event {wait.event_name!r}{condition}{until}")
-        else:
-            lines.append(
-                f"step {wait.step.step_id!r} waits for event {wait.event_name!r}{condition}{until}"
-            )
-    if branches:
-        step = branches[0].step
-        total = (step.output or {}).get("branches", len(branches))
-        lines.append(
-            f"step {step.step_id!r} waits for {len(branches)} of {total} parallel branches"
-        )
-    return lines
-
-
-def _condition(wait: Wait) -> str:
-    parts = []
-    if wait.match:
-        found, value = matching.lookup({"data": wait.run.event.data}, wait.match)
-        shown = json.dumps(value, ensure_ascii=False)[:80] if found else "?"
-        parts.append(f"{wait.match} = {shown}")
-    if wait.expression:
-        parts.append(f"if {wait.expression}")
-    return (" where " + " and ".join(parts)) if parts else ""

@@ -1,18 +1,31 @@
-"""Celery worker hooks: start the in-worker dispatcher when the worker is ready."""
+"""Celery worker hooks: start the in-worker dispatcher and the lease keeper when the
+worker is ready, and stop them at shutdown."""
 
+import logging
 from typing import Any
 
 from celery.signals import worker_ready, worker_shutdown
 
-from workflows import conf, dispatcher
+from workflows import conf, dispatcher, leasekeeper
 
+logger = logging.getLogger("workflows.signals")
 _thread = None
+_keeper: leasekeeper.Keeper | None = None
 
 
 @worker_ready.connect
 def start_dispatcher(**_: Any) -> None:
-    """Start a dispatcher thread in the worker's main process (unless disabled)."""
-    global _thread
+    """In the worker's main process: start the lease keeper, and a dispatcher thread
+    (unless ``DISPATCHER_IN_WORKER`` is off)."""
+    global _thread, _keeper
+    if _keeper is None:
+        # Renews the leases of the pool's children from this process (see leasekeeper).
+        try:
+            _keeper = leasekeeper.Keeper()
+        except OSError:
+            logger.warning("no lease keeper: could not bind its socket", exc_info=True)
+        else:
+            _keeper.start()
     if not conf.get().DISPATCHER_IN_WORKER or _thread is not None:
         return
     _thread = dispatcher.DispatcherThread()
@@ -22,8 +35,12 @@ def start_dispatcher(**_: Any) -> None:
 @worker_shutdown.connect
 def stop_dispatcher(**_: Any) -> None:
     """Stop the dispatcher thread when the worker shuts down."""
-    global _thread
+    global _thread, _keeper
     if _thread is not None:
         _thread.stop()
         _thread.join(timeout=5)
         _thread = None
+    if _keeper is not None:
+        _keeper.stop()
+        _keeper.join(timeout=5)
+        _keeper = None

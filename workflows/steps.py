@@ -15,19 +15,22 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from celery.exceptions import WorkerShutdown, WorkerTerminate
 from django.utils import timezone
 
 from eventbus import bus, validation
 from eventbus.exceptions import EventError
 from workflows import conf, durations
 from workflows.exceptions import (
+    INTERRUPTS,
     NonRetriableError,
     RetryAfterError,
     StepUsageError,
     Suspend,
     describe,
+    error_record,
 )
-from workflows.execution import Execution, StepKindBase, to_json
+from workflows.execution import Execution, StepKindBase, sized_json
 from workflows.models import RunStatus, StepKind, StepResult, StepStatus
 
 
@@ -49,31 +52,70 @@ def run_body(
     """
     if stored is not None:
         if stored.status == StepStatus.COMPLETED:
-            return stored.output
+            return ex.output_of(stored)
         if stored.status == StepStatus.FAILED:
             raise ex.step_error(stored)
-    attempt = stored.attempt if stored is not None else 0
+    # Each execution lost with its worker in this step (killed, crashed, out of memory)
+    # was a try: a step that kills its process every time must not run forever.
+    lost = ex.lost
+    attempt = (stored.attempt if stored is not None else 0) + lost
+    if lost and attempt > ex.workflow.retries:
+        row = stored or ex.new_memo(step_id, key, position, StepKind.RUN)
+        row.status, row.attempt = StepStatus.FAILED, attempt - 1
+        row.error = error_record(
+            "WorkerLost",
+            f"the worker died {lost} {'time' if lost == 1 else 'times'} while executing step "
+            f"{step_id!r} (killed, crashed, out of memory, or blocked so long it could not "
+            "renew its lease); no try is left",
+        )
+        row.wake_at, row.finished_at = None, timezone.now()
+        ex.save(row)
+        raise ex.step_error(row)
+    if lost:
+        ex.logger.warning(
+            "step %r: %d execution(s) lost with their worker; this is try %d of %d",
+            step_id,
+            lost,
+            attempt + 1,
+            ex.workflow.retries + 1,
+        )
     started = timezone.now()
     failure: BaseException | None = None
     with ex.running(step_id, attempt):
         try:
             value = fn(*args, **kwargs)
-        except Exception as exc:
+        except INTERRUPTS:
+            raise
+        except (WorkerShutdown, WorkerTerminate):
+            raise  # the worker is stopping (solo and thread pools run tasks in its thread)
+        except BaseException as exc:
+            # SystemExit from a CLI entry point, KeyboardInterrupt, a custom BaseException:
+            # a failure of this step like any other, not the end of the worker process.
             failure = exc
-    output = None
+    output, size = None, 0
     if failure is None:
         try:
-            output = to_json(value, f"the result of step {step_id!r}")
+            output, size = sized_json(value, f"the result of step {step_id!r}")
         except ValueError as exc:
             failure = NonRetriableError(
                 f"step {step_id!r} returned a value that is not JSON-serialisable: {exc}"
             )
+    cap = conf.get().MAX_RUN_OUTPUT_BYTES
+    if failure is None and ex.output_bytes + size > cap:
+        failure = NonRetriableError(
+            f"step {step_id!r} returned {size} bytes; with the {ex.output_bytes} bytes its "
+            f"run has stored, that is over WORKFLOWS['MAX_RUN_OUTPUT_BYTES'] ({cap}): keep "
+            "large data elsewhere (a file, object storage) and return a reference to it"
+        )
+        output, size = None, 0
     row = stored or ex.new_memo(step_id, key, position, StepKind.RUN, started_at=started)
     now = timezone.now()
     if failure is None:
         row.status, row.output, row.error = StepStatus.COMPLETED, output, None
         row.attempt, row.wake_at, row.finished_at = attempt, None, now
+        row.output_bytes = size
         ex.save(row, keep_if_cancelled=True)
+        ex.output_bytes += size
         return output
     error = describe(failure)
     retriable = not isinstance(failure, NonRetriableError | StepUsageError)
@@ -114,6 +156,23 @@ def retry_delay(failure: BaseException, attempt: int) -> timedelta:
     # Exponential backoff with "full jitter" between half and the whole delay.
     ceiling = min(settings.RETRY_BASE_SECONDS * (2**attempt), settings.RETRY_MAX_SECONDS)
     return timedelta(seconds=ceiling * (0.5 + random.random() / 2))
+
+
+_RANGE = "the years 1 to 9999 in UTC (what every database and the admin can show)"
+
+
+def _in_range(when: datetime, where: str) -> datetime:
+    """``when`` in UTC, if it lies within the years 1–9999 there; else a usage error."""
+    try:
+        utc = when.astimezone(UTC)
+    except OverflowError:
+        utc = None
+    # The outermost day is refused too: a local rendering of it may leave the range.
+    if utc is None or not datetime.min.replace(tzinfo=UTC) + timedelta(days=1) <= utc <= (
+        datetime.max.replace(tzinfo=UTC) - timedelta(days=1)
+    ):
+        raise StepUsageError(f"{where}: {when.isoformat()} is not within {_RANGE}")
+    return utc
 
 
 class BasicSteps(StepKindBase):
@@ -201,11 +260,16 @@ class BasicSteps(StepKindBase):
         ``duration`` is a ``timedelta``, a number of seconds, or text such as ``"3d"``.
         """
         key, position, stored = self._ex.begin("sleep", step_id, StepKind.SLEEP)
+        where = f"step.sleep({step_id!r})"
         try:
-            length = durations.parse(duration, f"step.sleep({step_id!r})", allow_zero=True)
+            length = durations.parse(duration, where, allow_zero=True)
         except ValueError as exc:
             raise StepUsageError(str(exc)) from None
-        self._sleep(step_id, key, position, stored, timezone.now() + length)
+        try:
+            wake = _in_range(timezone.now() + length, where)
+        except OverflowError:
+            raise StepUsageError(f"{where}: {duration!r} ends after {_RANGE}") from None
+        self._sleep(step_id, key, position, stored, wake)
 
     def sleep_until(self, step_id: str, when: datetime | float) -> None:
         """Suspend the run until ``when`` (an aware ``datetime`` or Unix milliseconds)."""
@@ -216,7 +280,7 @@ class BasicSteps(StepKindBase):
                     f"step.sleep_until({step_id!r}): the datetime must be aware (with "
                     "tzinfo), e.g. datetime(..., tzinfo=timezone.utc)"
                 )
-            wake = when
+            wake = _in_range(when, f"step.sleep_until({step_id!r})")
         elif isinstance(when, int | float) and not isinstance(when, bool):
             if not math.isfinite(when) or not 0 <= when <= validation.MAX_TS_MS:
                 raise StepUsageError(

@@ -9,7 +9,14 @@ from django.utils import timezone
 
 from eventbus.models import Event
 from workflows import lifecycle, registry, waits
-from workflows.models import StepStatus, WaitKind, WorkflowRun
+from workflows.models import (
+    EventSkip,
+    PausedWorkflow,
+    SkipReason,
+    StepStatus,
+    WaitKind,
+    WorkflowRun,
+)
 
 
 def start_runs(events: list[Event]) -> list[WorkflowRun]:
@@ -17,15 +24,23 @@ def start_runs(events: list[Event]) -> list[WorkflowRun]:
 
     The unique constraint on (event, workflow) makes a repeated or racing delivery
     create nothing new: conflicting rows are skipped, and ringing for a run id that was
-    not stored is a no-op.
+    not stored is a no-op. A workflow paused in the event's workspace gets no run; the
+    skip is recorded (:class:`~workflows.models.EventSkip`).
     """
     now = timezone.now()
+    pairs = [(event, wf) for event in events for wf in registry.subscribers(event.name)]
+    if not pairs:
+        return []
+    paused = PausedWorkflow.objects.among({wf.id for _, wf in pairs})
+    if paused:
+        skipped = [(e, wf) for e, wf in pairs if paused(wf.id, e.workspace_id)]
+        EventSkip.objects.bulk_create(
+            EventSkip(event=e, workflow_id=wf.id, reason=SkipReason.PAUSED, created_at=now)
+            for e, wf in skipped
+        )
+        pairs = [pair for pair in pairs if pair not in skipped]
     return lifecycle.start(
-        (
-            (lifecycle.new_run(event, wf, now=now), wf)
-            for event in events
-            for wf in registry.subscribers(event.name)
-        ),
+        ((lifecycle.new_run(event, wf, now=now), wf) for event, wf in pairs),
         skip_repeats=True,
     )
 

@@ -12,19 +12,26 @@ from workflows.exceptions import EngineInterrupt
 logger = logging.getLogger("workflows.tasks")
 
 
-def _valid(run_id: object) -> bool:
-    try:
-        uuid.UUID(str(run_id))
-    except ValueError:
-        logger.error("dropping a message with a malformed run id: %r", run_id)
-        return False
-    return True
+#: Longest piece of a bad message that is logged.
+_LOGGED = 100
+
+
+def _canonical(run_id: object) -> str | None:
+    """The run id in its canonical form, or ``None`` (logged) if it is not a UUID string."""
+    if isinstance(run_id, str) and len(run_id) <= 45:
+        try:
+            return str(uuid.UUID(run_id))
+        except ValueError:
+            pass
+    logger.error("dropping a message with a malformed run id: %s", repr(run_id)[:_LOGGED])
+    return None
 
 
 @shared_task(name=doorbell.EXECUTE_RUN, ignore_result=True)
 def execute_run(run_id: str) -> str:
     """Execute the run ``run_id`` if it is runnable; a duplicate message is a no-op."""
-    if not _valid(run_id):
+    run_id = _canonical(run_id)
+    if run_id is None:
         return "invalid"
     # Celery's Django fix-up leaves the connection open when CELERY_DB_REUSE_MAX is set;
     # drop it here if an earlier task left it broken (as a Django request would).
@@ -43,8 +50,16 @@ def execute_runs(run_ids: list[str]) -> dict[str, int]:
     run that cannot be stored does not stop the others.
     """
     outcomes: dict[str, int] = {}
-    for run_id in run_ids if isinstance(run_ids, list) else []:
-        if not _valid(run_id):
+    if not isinstance(run_ids, list) or len(run_ids) > doorbell.MAX_RUN_IDS:
+        size = len(run_ids) if isinstance(run_ids, list) else type(run_ids).__name__
+        logger.error(
+            "dropping an execute_runs message with %s run ids: expected a list of at most %d",
+            size,
+            doorbell.MAX_RUN_IDS,
+        )
+        return {"invalid": 1}
+    for run_id in map(_canonical, run_ids):
+        if run_id is None:
             outcome = "invalid"
         else:
             db.close_old_connections()

@@ -2,16 +2,28 @@
 
 Used by the admin (an HTML picture) and by ``show_run`` (a text picture), so both show
 the same thing: one bar per step, from its start to its end (or to now while it is
-still sleeping, waiting or retrying).
+still sleeping, waiting or retrying). A step its run left behind unfinished (the run was
+cancelled, or timed out, while the step slept or waited) is not going on any more: its
+bar ends with the run, and it is shown ``cancelled`` (or ``interrupted``).
 """
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.utils import timezone
 
-from workflows.models import StepKind, StepResult, StepStatus, WorkflowRun
+from workflows import matching
+from workflows.models import (
+    RunStatus,
+    StepKind,
+    StepResult,
+    StepStatus,
+    Wait,
+    WaitKind,
+    WorkflowRun,
+)
 
 #: One letter per kind, for the text timeline and the picture's legend.
 KIND_MARKS = {
@@ -21,6 +33,7 @@ KIND_MARKS = {
     StepKind.INVOKE: "I",
     StepKind.WAIT_FOR_EVENT: "W",
     StepKind.PARALLEL: "P",
+    StepKind.PATCH: "p",
 }
 #: A bar is never narrower than this (in percent), so an instant step stays visible.
 MIN_WIDTH_PCT = 0.4
@@ -41,6 +54,8 @@ class Row:
     """How many times the step body was tried (1 unless it was retried)."""
     open: bool
     """Still going on (sleeping, waiting or retrying): the bar ends at now."""
+    status: str = ""
+    """The status shown: the step's, or what its run's end made of it (:func:`status`)."""
 
     @property
     def start_label(self) -> str:
@@ -49,8 +64,8 @@ class Row:
 
     @property
     def duration_label(self) -> str:
-        """How long the step took (``…`` while it goes on)."""
-        return format_seconds(self.duration)
+        """How long the step took, to the millisecond (``…`` while it goes on)."""
+        return "…" if self.duration is None else format_precise(self.duration)
 
     @property
     def mark(self) -> str:
@@ -79,7 +94,9 @@ def build(run: WorkflowRun, steps: Sequence[StepResult], now: datetime | None = 
     now = now or timezone.now()
     starts = [s.started_at for s in steps if s.started_at]
     origin = min([run.started_at or run.created_at, *starts])
-    ends = [_end(s, now) for s in steps]
+    # A step of a finished run ended with the run at the latest.
+    end_of_run = run.finished_at or now
+    ends = [_end(s, end_of_run) for s in steps]
     last = max([run.finished_at or (now if not run.is_finished else origin), *ends, origin])
     span = max((last - origin).total_seconds(), 0.001)
     rows = []
@@ -92,14 +109,23 @@ def build(run: WorkflowRun, steps: Sequence[StepResult], now: datetime | None = 
             Row(
                 step=step,
                 start=start,
-                duration=length if step.finished_at else None,
+                duration=length if step.finished_at or run.is_finished else None,
                 left_pct=round(min(left, 100 - MIN_WIDTH_PCT), 3),
                 width_pct=round(min(width, 100 - min(left, 100 - MIN_WIDTH_PCT)), 3),
                 tries=step.attempt + (0 if step.status == StepStatus.RETRYING else 1),
-                open=step.finished_at is None,
+                open=step.finished_at is None and not run.is_finished,
+                status=status(step, run),
             )
         )
     return Timeline(origin=origin, span=span, rows=rows)
+
+
+def status(step: StepResult, run: WorkflowRun) -> str:
+    """The status to show for ``step``: ``cancelled`` or ``interrupted`` if its run ended
+    while the step was still going on (the step row keeps its last status)."""
+    if step.finished_at is not None or not run.is_finished:
+        return step.status
+    return "cancelled" if run.status == RunStatus.CANCELLED else "interrupted"
 
 
 def _end(step: StepResult, now: datetime) -> datetime:
@@ -128,10 +154,79 @@ def format_seconds(seconds: float | None) -> str:
     return f"{days}d{hours:02d}h"
 
 
+def format_precise(seconds: float) -> str:
+    """A duration to the millisecond: ``40ms``, ``12.345s``, ``4m05.123s``, ``2h10m05s``."""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.3f}s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{int(minutes)}m{secs:06.3f}s"
+    hours, minutes = divmod(int(minutes), 60)
+    return f"{hours}h{minutes:02d}m{int(secs):02d}s"
+
+
 def text_bar(row: Row, width: int = 40) -> str:
-    """The row as a fixed-width bar of characters: ``#`` done, ``~`` open, ``!`` failed."""
+    """The row as a fixed-width bar of characters: ``#`` done, ``~`` open, ``!`` failed,
+    ``-`` cut short by its run's end."""
     begin = min(int(row.left_pct * width / 100), width - 1)
     length = max(1, round(row.width_pct * width / 100))
-    fill = "!" if row.step.status == StepStatus.FAILED else ("~" if row.open else "#")
+    if row.step.status == StepStatus.FAILED:
+        fill = "!"
+    elif row.open:
+        fill = "~"
+    else:
+        fill = "#" if row.status == row.step.status else "-"
     body = (" " * begin + fill * length)[:width]
     return body.ljust(width)
+
+
+# --- what a run waits for -----------------------------------------------------------
+def describe_waits(run: WorkflowRun) -> list[str]:
+    """One line per thing ``run`` waits for, and per event that would cancel it.
+
+    E.g. ``event 'shop/order.paid' where data.orderId = "o1", until 2026-11-27 10:00``.
+    """
+    lines: list[str] = []
+    if run.is_branch:
+        lines.append(f"is branch {run.branch_index} of a step.parallel of run {run.parent_id}")
+    waits = Wait.objects.filter(run=run).select_related("step", "child_run", "run__event")
+    branches: list[Wait] = []
+    for wait in waits.order_by("created_at", "pk"):
+        until = f", until {wait.expires_at:%Y-%m-%d %H:%M:%S %Z}" if wait.expires_at else ""
+        if wait.kind == WaitKind.PARALLEL:
+            branches.append(wait)
+            continue
+        if wait.kind == WaitKind.INVOKE and wait.child_run is not None:
+            child = wait.child_run
+            lines.append(
+                f"step {wait.step.step_id!r} waits for child run {child.pk} "
+                f"({child.workflow_id}, {child.status}){until}"
+            )
+            continue
+        condition = _condition(wait)
+        if wait.kind == WaitKind.CANCEL:
+            lines.append(f"cancelled by event {wait.event_name!r}{condition}{until}")
+        else:
+            lines.append(
+                f"step {wait.step.step_id!r} waits for event {wait.event_name!r}{condition}{until}"
+            )
+    if branches:
+        step = branches[0].step
+        total = (step.output or {}).get("branches", len(branches))
+        lines.append(
+            f"step {step.step_id!r} waits for {len(branches)} of {total} parallel branches"
+        )
+    return lines
+
+
+def _condition(wait: Wait) -> str:
+    parts = []
+    if wait.match:
+        found, value = matching.lookup({"data": wait.run.event.data}, wait.match)
+        shown = json.dumps(value, ensure_ascii=False)[:80] if found else "?"
+        parts.append(f"{wait.match} = {shown}")
+    if wait.expression:
+        parts.append(f"if {wait.expression}")
+    return (" where " + " and ".join(parts)) if parts else ""

@@ -40,7 +40,7 @@ from eventbus.models import Event, EventStatus
 from tests.chaos.workflows import EMISSION_LOG_ENV
 from tests.conftest import ROOT, Dispatcher, RedisServer, Worker, broker_url
 from tests.testapp.models import EmissionLog, LedgerEntry
-from workflows import lifecycle, registry
+from workflows import lifecycle, registry, schedules
 from workflows.models import TERMINAL_STATUSES, RunStatus, StepKind, StepResult, WorkflowRun
 
 pytestmark = [pytest.mark.chaos, pytest.mark.worker]
@@ -337,6 +337,8 @@ def check_invariants(loader: Loader) -> dict:
         str(event.data.get("run_id")) for event in events if event.name == RUN_FINISHED
     )
     for event in events:
+        if event.name == "workflows/cron":  # a slot's trigger: checked below
+            continue
         if event.name == INVOKED:  # a child's trigger: stored, never broadcast
             if invoked.get(event.pk, 0) != 1:
                 kind = "lost invoked runs" if not invoked.get(event.pk) else "duplicate triggers"
@@ -392,8 +394,22 @@ def check_invariants(loader: Loader) -> dict:
         if count > 1:
             problems["duplicate triggers"].append(f"{workflow_id} x{count} for {event_id}")
 
+    # The schedule: one run per fired slot, none before its slot, each slot fired once.
+    slots: Counter = Counter()
+    for event in Event.objects.filter(name="workflows/cron", data__schedule_id=SCHEDULE_ID):
+        slots[event.idempotency_key] += 1
+        slot_runs = [r for r in event.runs.all() if not r.is_replay]
+        if len(slot_runs) != 1:
+            kind = "lost slot runs" if not slot_runs else "duplicate slot runs"
+            problems[kind].append(f"{event.idempotency_key}: {len(slot_runs)} run(s)")
+        if int(event.created_at.timestamp() * 1000) < event.data["scheduled_at"]:
+            problems["slots fired early"].append(event.idempotency_key)
+    problems["duplicate slot runs"].extend(k for k, n in slots.items() if n > 1)
+    if not slots:
+        problems["lost slot runs"].append(f"schedule {SCHEDULE_ID} never fired")
     return {
         "problems": {kind: rows for kind, rows in problems.items() if rows},
+        "slots": len(slots),
         "runs": len(runs),
         "events": len(events),
         "by_workflow": dict(Counter(run.workflow_id for run in by_id.values())),
@@ -418,6 +434,8 @@ DUPLICATE_KINDS = {
     "events delivered twice",
     "duplicate triggers",
     "duplicate run.finished events",
+    "duplicate slot runs",
+    "slots fired early",
 }
 LOSS_KINDS = {
     "stuck runs",
@@ -429,7 +447,10 @@ LOSS_KINDS = {
     "memos without a body execution",
     "lost invoked runs",
     "lost run.finished events",
+    "lost slot runs",
 }
+#: A database schedule every 2 s for the length of the faults (``chaos-tick``).
+SCHEDULE_ID = "chaos-every-2s"
 
 
 def test_chaos_loses_nothing_and_does_nothing_twice(transactional_db, request, capsys, monkeypatch):
@@ -444,10 +465,12 @@ def test_chaos_loses_nothing_and_does_nothing_twice(transactional_db, request, c
     started = time.monotonic()
     try:
         with broker_url(redis.url):
+            schedules.create(SCHEDULE_ID, workflow="chaos-tick", cron="*/2 * * * * *")
             cluster.start()
             loader = Loader(orders, seconds)
             loader.start()
             faults = inject_faults(cluster, seconds)
+            schedules.pause(SCHEDULE_ID)  # no new slot once the faults are over
             loader.join(timeout=120)
             assert not loader.is_alive(), "the loader did not finish sending"
             assert loader.error is None, f"the loader failed: {loader.error!r}"

@@ -109,3 +109,10 @@ def price(ctx):
     """Invoked by ``chaos-order`` where the engine has ``step.invoke``."""
     ctx.step.run("quote", ledger, ctx, "quote")
     return {"price": 100 + ctx.event.data["order"] % 7}
+
+
+@workflow(id="chaos-tick", trigger=None, retries=CHAOS_RETRIES)
+def tick(ctx):
+    """Started by the suite's schedule every 2 s: exactly one run per slot, under faults."""
+    ctx.step.run("tick", ledger, ctx, "tick")
+    return {"scheduled_at": ctx.event.data["scheduled_at"]}

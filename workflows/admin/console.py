@@ -19,17 +19,20 @@ from django.utils.safestring import SafeString, mark_safe
 
 from eventbus.admin import CappedPaginator, ReadOnlyAdmin, pretty_json
 from workflows import registry, timeline
+from workflows.models import ACTIVE_VALUES, WorkflowRun
 
 __all__ = [
     "STATUS_COLOURS",
     "CappedPaginator",
     "ReadOnlyAdmin",
+    "VersionFilter",
     "WorkflowFilter",
     "admin_link",
     "badge",
     "confirm",
     "duration",
     "error_html",
+    "moment",
     "pretty_json",
     "report_error",
     "run_links",
@@ -45,6 +48,7 @@ STATUS_COLOURS = {
     "completed": "#198754",
     "failed": "#dc3545",
     "cancelled": "#495057",
+    "paused": "#d63384",
     "retrying": "#fd7e14",
     "scheduled": "#6f42c1",
     "emitted": "#198754",
@@ -111,14 +115,27 @@ def report_error(request: HttpRequest, exc: Exception) -> None:
 
 
 def duration(start: Any, end: Any, active: bool) -> str:
-    """``end - start`` as a short text; still counting (to now) when ``active``."""
+    """``end - start`` to the millisecond; still counting (to now) when ``active``."""
     if start is None:
         return "—"
     if end is None:
         if not active:
             return "—"
-        return timeline.format_seconds((timezone.now() - start).total_seconds()) + "…"
-    return timeline.format_seconds((end - start).total_seconds())
+        return timeline.format_precise((timezone.now() - start).total_seconds()) + "…"
+    return timeline.format_precise((end - start).total_seconds())
+
+
+def moment(when: Any) -> SafeString:
+    """A date and time to the millisecond, in the current time zone, on one line."""
+    if when is None:
+        return format_html("{}", "—")
+    local = timezone.localtime(when)
+    shown = f"{local:%Y-%m-%d %H:%M:%S}.{local.microsecond // 1000:03d}"
+    return format_html(
+        '<span class="wf-time" style="white-space:nowrap" title="{}">{}</span>',
+        local.isoformat(),
+        shown,
+    )
 
 
 def run_links(runs: Any) -> SafeString:
@@ -155,3 +172,29 @@ class WorkflowFilter(admin.SimpleListFilter):
     def queryset(self, request: HttpRequest, queryset: Any) -> Any:
         """Runs of the chosen workflow (the ``workflows_run_workflow`` index)."""
         return queryset.filter(workflow_id=self.value()) if self.value() else queryset
+
+
+#: Version labels the version filter lists at most.
+MAX_VERSIONS = 50
+
+
+class VersionFilter(admin.SimpleListFilter):
+    """Filter by version label: those of the registered workflows and of active runs."""
+
+    title = "version"
+    parameter_name = "version"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        """The labels deployed now, and those active runs started under (a bounded read)."""
+        labels = {wf.version for wf in registry.all_workflows()}
+        active = WorkflowRun.objects.filter(status__in=ACTIVE_VALUES).exclude(version="")
+        labels.update(active.values_list("version", flat=True).distinct()[:MAX_VERSIONS])
+        choices = sorted(label for label in labels if label)[:MAX_VERSIONS]
+        return [(label, label) for label in choices] + [("-", "(none)")]
+
+    def queryset(self, request: HttpRequest, queryset: Any) -> Any:
+        """Runs started under the chosen label (``-``: without one)."""
+        value = self.value()
+        if value is None:
+            return queryset
+        return queryset.filter(version="" if value == "-" else value)

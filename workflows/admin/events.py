@@ -28,6 +28,8 @@ from workflows.models import StepResult, WorkflowRun
 MAX_RUNS_SHOWN = 100
 #: The admin refuses to replay more events than this at once.
 MAX_BULK_ACTION = 200
+#: The names of the engine's own events (``workflows/run.finished``, …) start with this.
+ENGINE_PREFIX = "workflows/"
 
 
 class NameFilter(admin.SimpleListFilter):
@@ -51,6 +53,47 @@ class NameFilter(admin.SimpleListFilter):
         return queryset.filter(name=value)
 
 
+class OriginFilter(admin.SimpleListFilter):
+    """Application events by default; the engine's own ``workflows/…`` events on request.
+
+    The engine emits a ``workflows/run.finished`` (or ``.failed``, ``.cancelled``) event
+    per run: left in, they would fill the list. A search, or a name filter asking for an
+    engine event, shows them whatever this filter says.
+    """
+
+    title = "origin"
+    parameter_name = "origin"
+    APPLICATION, ENGINE, ALL = "application", "engine", "all"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        """Application (the default), engine, or all events."""
+        return [
+            (self.APPLICATION, "application events"),
+            (self.ENGINE, f"engine events ({ENGINE_PREFIX}…)"),
+            (self.ALL, "all events"),
+        ]
+
+    def choices(self, changelist: Any) -> Any:
+        """The lookups, with "application events" as the default (no "All" of its own)."""
+        current = self.value() or self.APPLICATION
+        for value, label in self.lookup_choices:
+            yield {
+                "selected": current == value,
+                "query_string": changelist.get_query_string({self.parameter_name: value}),
+                "display": label,
+            }
+
+    def queryset(self, request: HttpRequest, queryset: Any) -> Any:
+        """Events of the chosen origin."""
+        value = self.value() or self.APPLICATION
+        if value == self.ENGINE:
+            return queryset.filter(name__startswith=ENGINE_PREFIX)
+        asked_for = request.GET.get(NameFilter.parameter_name, "").startswith(ENGINE_PREFIX)
+        if value == self.ALL or asked_for or request.GET.get("q"):
+            return queryset
+        return queryset.exclude(name__startswith=ENGINE_PREFIX)
+
+
 class EventAdmin(PlainEventAdmin):
     """Events: what arrived, what it triggered, what emitted it, and replaying it."""
 
@@ -58,23 +101,30 @@ class EventAdmin(PlainEventAdmin):
         "name",
         "workspace",
         "status_badge",
-        "ts",
+        "ts_shown",
         "created_at",
         "emitted_at",
         "runs_triggered",
     )
-    list_filter = ("workspace", NameFilter, "status", ("created_at", admin.DateFieldListFilter))
+    list_filter = (
+        OriginFilter,
+        "workspace",
+        NameFilter,
+        "status",
+        ("created_at", admin.DateFieldListFilter),
+    )
     actions = ("replay_events",)
     fields = (
         "id",
         "name",
         "workspace",
         "status_badge",
-        ("ts", "created_at", "emitted_at"),
+        ("ts_shown", "created_at", "emitted_at"),
         "idempotency_key",
         "payload",
         "emitted_by",
         "triggered_runs",
+        "not_started",
     )
 
     def get_queryset(self, request: HttpRequest) -> Any:
@@ -142,13 +192,22 @@ class EventAdmin(PlainEventAdmin):
             (
                 admin_link(run, f"{run.workflow_id} {run.pk}"),
                 badge(run.status),
-                " (replay)" if run.replay_of_id else "",
+                " (replay)" if run.is_replay else "",
             )
             for run in runs
         ]
         if not rows:
             return format_html("{}", "none")
         return format_html_join(mark_safe("<br>"), "{} {}{}", rows)
+
+    @admin.display(description="started no run of")
+    def not_started(self, event: Event) -> SafeString:
+        """Workflows subscribed to the event that it started no run of, and why."""
+        skips = event.skips.order_by("created_at")[:MAX_RUNS_SHOWN]
+        rows = [(skip.workflow_id, skip.get_reason_display()) for skip in skips]
+        if not rows:
+            return format_html("{}", "—")
+        return format_html_join(mark_safe("<br>"), "{} ({})", rows)
 
     def has_replay_event_permission(self, request: HttpRequest) -> bool:
         """May replay events (custom permission ``eventbus.replay_event``)."""
@@ -201,8 +260,8 @@ class EventAdmin(PlainEventAdmin):
         return super().change_view(request, object_id, form_url, {**extra, **(extra_context or {})})
 
     def replay_view(self, request: HttpRequest, object_id: Any) -> HttpResponse:
-        """Replay one event after confirmation."""
-        if not self.has_replay_event_permission(request):
+        """Replay one event after confirmation (seeing events is needed too)."""
+        if not (self.has_view_permission(request) and self.has_replay_event_permission(request)):
             raise PermissionDenied
         event = self.get_object(request, str(object_id))
         if event is None:

@@ -6,7 +6,7 @@ from django.contrib import admin
 from django.http import HttpRequest
 from django.utils.safestring import SafeString
 
-from workflows import services
+from workflows import services, timeline
 from workflows.admin.console import (
     ReadOnlyAdmin,
     admin_link,
@@ -44,8 +44,11 @@ class StepResultAdmin(ReadOnlyAdmin):
     )
 
     def get_queryset(self, request: HttpRequest) -> Any:
-        """Steps with their run, without the run's large fields."""
-        return super().get_queryset(request).defer("run__output", "run__error")
+        """Steps with their run, without the large fields a page does not show.
+
+        The list shows no output or error; a step's page reads its own when shown.
+        """
+        return super().get_queryset(request).defer("output", "error", "run__output", "run__error")
 
     def get_search_results(self, request: HttpRequest, queryset: Any, search_term: str) -> Any:
         """A run id lists that run's steps (index on ``run``); anything else, nothing."""
@@ -64,8 +67,8 @@ class StepResultAdmin(ReadOnlyAdmin):
 
     @admin.display(description="status")
     def status_badge(self, step: StepResult) -> SafeString:
-        """The status, colour-coded."""
-        return badge(step.status)
+        """The status, colour-coded (``cancelled`` if its run ended while it slept or waited)."""
+        return badge(timeline.status(step, step.run))
 
     @admin.display(description="duration")
     def took(self, step: StepResult) -> str:

@@ -1,4 +1,5 @@
-"""``list_runs [--status S] [--workflow W] [--workspace SLUG] [--since ISO] [--limit N]``."""
+"""``list_runs [--status S] [--workflow W] [--workflow-version V] [--workspace SLUG]
+[--since ISO] [--limit N]``."""
 
 from typing import Any
 
@@ -7,6 +8,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from eventbus.models import Workspace
 from workflows import services, timeline
 from workflows.exceptions import ConsoleError
+from workflows.management import cli
 from workflows.models import RunStatus
 
 
@@ -19,17 +21,21 @@ class Command(BaseCommand):
         """Filters and a limit."""
         parser.add_argument("--status", help=f"one of: {', '.join(RunStatus.values)}")
         parser.add_argument("--workflow", help="a workflow id")
+        parser.add_argument(
+            "--workflow-version",
+            help="runs started under this version label (@workflow(version=…); '' for none)",
+        )
         parser.add_argument("--workspace", help="a workspace slug")
         parser.add_argument("--since", help="created at or after this ISO date/datetime")
-        parser.add_argument("--limit", type=int, default=50, help="rows to show (default 50)")
+        parser.add_argument(
+            "--limit", type=cli.whole_number(1, 100_000), default=50, help="rows to show"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         """Query and print."""
         slug = options["workspace"]
         if slug and not Workspace.objects.filter(slug=slug).exists():
             raise CommandError(f"unknown workspace {slug!r}")
-        if options["limit"] < 1:
-            raise CommandError(f"--limit must be 1 or more, got {options['limit']}")
         try:
             since = services.parse_when(options["since"]) if options["since"] else None
             runs = services.select_runs(
@@ -37,6 +43,7 @@ class Command(BaseCommand):
                 status=options["status"],
                 workspace=slug,
                 since=since,
+                version=options["workflow_version"],
             )
         except ConsoleError as exc:
             raise CommandError(str(exc)) from None
@@ -46,7 +53,9 @@ class Command(BaseCommand):
         if not rows:
             self.stdout.write("No runs match.")
             return
-        header = ("ID", "WORKFLOW", "STATUS", "WORKSPACE", "CREATED", "DURATION", "ATTEMPT")
+        header = (
+            "ID", "WORKFLOW", "VERSION", "STATUS", "WORKSPACE", "CREATED", "DURATION", "ATTEMPT"
+        )  # fmt: skip
         table = [header]
         for run in rows:
             took = "—"
@@ -55,9 +64,10 @@ class Command(BaseCommand):
             table.append(
                 (
                     str(run.pk),
-                    run.workflow_id,
+                    cli.printable(run.workflow_id),
+                    run.version or "—",
                     run.status,
-                    run.workspace.slug,
+                    cli.printable(run.workspace.slug),
                     run.created_at.strftime("%Y-%m-%d %H:%M:%S"),
                     took,
                     str(run.attempt),

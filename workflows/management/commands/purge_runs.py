@@ -4,8 +4,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from workflows import services
+from workflows import retention
 from workflows.exceptions import ConsoleError
+from workflows.management import cli
 
 
 class Command(BaseCommand):
@@ -15,25 +16,25 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         """Age, statuses, batch size, dry run."""
-        parser.add_argument("--older-than", type=float, required=True, metavar="DAYS")
+        parser.add_argument("--older-than", type=cli.days, required=True, metavar="DAYS")
         parser.add_argument(
             "--status",
             action="append",
             help="completed, failed or cancelled; repeat for several (default: all three)",
         )
-        parser.add_argument("--batch-size", type=int, default=500)
+        parser.add_argument("--batch-size", type=cli.whole_number(1, 10_000), default=500)
         parser.add_argument("--dry-run", action="store_true", help="only count what would go")
 
     def handle(self, *args: Any, **options: Any) -> None:
         """Count, then delete batch by batch."""
         try:
-            runs = services.purgeable_runs(options["older_than"], options["status"])
+            runs = retention.purgeable_runs(options["older_than"], options["status"])
             total = runs.count()
             if options["dry_run"]:
                 self.stdout.write(f"Would delete {total} run(s).")
                 return
             deleted = 0
-            for deleted in services.purge_runs(
+            for deleted in retention.purge_runs(
                 options["older_than"], options["status"], options["batch_size"]
             ):
                 self.stdout.write(f"deleted {deleted}/{total} run(s)")

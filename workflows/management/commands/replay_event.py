@@ -27,6 +27,6 @@ class Command(BaseCommand):
         except ConsoleError as exc:
             raise CommandError(str(exc)) from None
         for run in runs:
-            of = f" (replay of {run.replay_of_id})" if run.replay_of_id else " (first run)"
+            of = f" (replay of {run.replay_of_id})" if run.is_replay else " (first run)"
             self.stdout.write(f"{run.pk} {run.workflow_id}{of}")
         self.stdout.write(self.style.SUCCESS(f"Started {len(runs)} run(s)."))

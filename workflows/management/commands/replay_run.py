@@ -6,6 +6,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from workflows import services
 from workflows.exceptions import ConsoleError
+from workflows.management import cli
 
 
 class Command(BaseCommand):
@@ -26,7 +27,12 @@ class Command(BaseCommand):
         parser.add_argument("--status", help="select runs with this status (e.g. failed)")
         parser.add_argument("--since", help="select runs created at or after (ISO)")
         parser.add_argument("--until", help="select runs created before (ISO)")
-        parser.add_argument("--limit", type=int, default=None, help="replay at most N runs")
+        parser.add_argument(
+            "--limit",
+            type=cli.whole_number(1, 1_000_000_000),
+            default=None,
+            help="replay at most N runs",
+        )
         parser.add_argument("--dry-run", action="store_true", help="only count the selection")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -59,6 +65,10 @@ class Command(BaseCommand):
         )
 
     def _many(self, options: dict[str, Any]) -> None:
+        if options["workflow"]:
+            # A selection of runs that could never be replayed is a mistake (a typo, or
+            # code not deployed here): say so and exit non-zero, not "0 of 0 replayed".
+            services.check_replayable_workflow(options["workflow"])
         runs = services.select_runs(
             workflow=options["workflow"],
             status=options["status"],

@@ -28,8 +28,12 @@ class Command(BaseCommand):
         """Parse, send, report."""
         try:
             data = json.loads(options["data"])
-        except json.JSONDecodeError as exc:
-            raise CommandError(f"--data is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise CommandError(
+                "--data is nested too deeply to read (a payload may be 64 levels deep)"
+            ) from None
+        except ValueError as exc:  # JSONDecodeError, or an integer of over 4,300 digits
+            raise CommandError(f"--data is not valid JSON: {str(exc)[:200]}") from None
         ts = options["ts"]
         if ts is not None:
             try:

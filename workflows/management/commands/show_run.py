@@ -7,6 +7,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from workflows import services, timeline
 from workflows.exceptions import ConsoleError
+from workflows.management import cli
 
 
 class Command(BaseCommand):
@@ -20,7 +21,9 @@ class Command(BaseCommand):
         parser.add_argument(
             "--workspace", default=None, help="refuse unless the run is in this workspace"
         )
-        parser.add_argument("--width", type=int, default=40, help="width of the bars")
+        parser.add_argument(
+            "--width", type=cli.whole_number(10, 500), default=40, help="width of the bars"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         """Load and print."""
@@ -28,8 +31,12 @@ class Command(BaseCommand):
             run = services.get_run(options["run_id"], workspace=options["workspace"])
         except ConsoleError as exc:
             raise CommandError(str(exc)) from None
-        width = max(options["width"], 10)
-        write = self.stdout.write
+        width = options["width"]
+
+        def write(line: str, *, keep_newlines: bool = False) -> None:
+            # Workflow code wrote these fields: show an escape sequence, never obey it.
+            self.stdout.write(cli.printable(line, keep_newlines=keep_newlines))
+
         write(f"Run       {run.pk}")
         write(f"Workflow  {run.workflow_id}")
         write(f"Status    {run.status}")
@@ -37,14 +44,14 @@ class Command(BaseCommand):
         write(f"Trigger   {run.event.name} ({run.event_id})")
         for label, value in (
             ("Parent", run.parent_id),
-            ("Replay of", run.replay_of_id),
+            ("Replay of", run.replay_of_id or ("a purged run" if run.is_replay else None)),
             ("Created", run.created_at),
             ("Started", run.started_at),
             ("Finished", run.finished_at),
         ):
             if value:
                 write(f"{label:<9} {value}")
-        for line in services.describe_waits(run):
+        for line in timeline.describe_waits(run):
             write(f"Waits     {line}")
         children = list(run.children.order_by("created_at")[:50])
         for child in children:
@@ -56,7 +63,7 @@ class Command(BaseCommand):
         if run.error:
             write(f"Error     {run.error.get('type')}: {run.error.get('message')}")
             if run.error.get("traceback"):
-                write(run.error["traceback"].rstrip())
+                write(str(run.error["traceback"]).rstrip(), keep_newlines=True)
         steps = list(run.steps.order_by("position"))
         if not steps:
             write("Steps     none yet")
@@ -70,7 +77,7 @@ class Command(BaseCommand):
             tries = f"x{row.tries}" if row.tries > 1 else ""
             write(
                 f"{step.position:>4} {step.step_id[:name_width]:<{name_width}} "
-                f"{step.kind:<14} {step.status:<9} {tries:<4} "
+                f"{step.kind:<14} {row.status:<11} {tries:<4} "
                 f"{row.start_label:>9} {row.duration_label:>8} "
                 f"|{timeline.text_bar(row, width)}|"
             )

@@ -1,16 +1,19 @@
 """Runs of workflows and the memos of their steps.
 
-The run statuses and the conditions over them (active, terminal, runnable) are defined
-here once; the run store, the dispatcher, the test driver and the partial indexes all
-use these definitions.
+The run statuses and the conditions over them (active, moving, terminal, runnable) are
+defined here once; the run store, the dispatcher, the test driver and the partial
+indexes all use these definitions.
 """
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
+
+from workflows.models.pauses import PausedWorkflow
 
 
 class RunStatus(models.TextChoices):
@@ -30,15 +33,24 @@ class RunStatus(models.TextChoices):
     """The workflow raised, or a step failed for good; ``error`` says why."""
     CANCELLED = "cancelled", "Cancelled"
     """Stopped by a cancellation; it runs no further step."""
+    PAUSED = "paused", "Paused"
+    """Its memos no longer fit the code (``on_nondeterminism="pause"``); ``error`` says
+    where. No worker is held and nothing wakes it but ``resume_run`` (or a cancel)."""
 
 
 #: Statuses from which a run never moves again.
 TERMINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
-#: Statuses of runs the engine still has to move forward.
-ACTIVE_STATUSES = frozenset(
+#: Statuses of runs the engine moves forward on its own: the dispatcher rings for them,
+#: their timeouts apply, and they hold a concurrency slot. Every active status but paused.
+MOVING_STATUSES = frozenset(
     {RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.SLEEPING, RunStatus.WAITING}
 )
-#: ``ACTIVE_STATUSES`` as plain strings in a stable order (index conditions, SQL).
+#: ``MOVING_STATUSES`` as plain strings in a stable order (index conditions, SQL).
+MOVING_VALUES = sorted(status.value for status in MOVING_STATUSES)
+#: Statuses of runs that have not finished: moving ones, and paused ones (which a cancel
+#: ends, and ``check_workflows`` checks, like any other unfinished run).
+ACTIVE_STATUSES = MOVING_STATUSES | {RunStatus.PAUSED}
+#: ``ACTIVE_STATUSES`` as plain strings in a stable order.
 ACTIVE_VALUES = sorted(status.value for status in ACTIVE_STATUSES)
 
 
@@ -46,13 +58,26 @@ def runnable(now: datetime) -> Q:
     """The runs a worker may claim at ``now``.
 
     Queued runs that are due, sleeps and waits whose ``wake_at`` has come (a wait or an
-    invoke timed out), and running runs whose worker stopped renewing the lease.
+    invoke timed out), and running runs whose worker stopped renewing the lease; none of
+    a workflow paused in the run's workspace (:func:`not_paused`).
     """
     return (
         Q(status=RunStatus.QUEUED) & (Q(wake_at__isnull=True) | Q(wake_at__lte=now))
         | Q(status__in=[RunStatus.SLEEPING, RunStatus.WAITING], wake_at__lte=now)
         | Q(status=RunStatus.RUNNING, lease_expires_at__lt=now)
+    ) & not_paused()
+
+
+def not_paused() -> Q:
+    """Runs whose workflow is not paused in their workspace (nor everywhere).
+
+    One lookup in the (small, usually empty) table of paused workflows, by its index.
+    """
+    paused = PausedWorkflow.objects.filter(
+        Q(workspace__isnull=True) | Q(workspace=models.OuterRef("workspace")),
+        workflow_id=models.OuterRef("workflow_id"),
     )
+    return ~models.Exists(paused)
 
 
 class StepKind(models.TextChoices):
@@ -64,6 +89,8 @@ class StepKind(models.TextChoices):
     INVOKE = "invoke", "invoke"
     WAIT_FOR_EVENT = "wait_for_event", "wait_for_event"
     PARALLEL = "parallel", "parallel"
+    PATCH = "patch", "patch"
+    """The marker of ``ctx.patched``: the run took the patch's new path."""
 
 
 class StepStatus(models.TextChoices):
@@ -85,16 +112,23 @@ class RunQuerySet(models.QuerySet):
     """Queries over runs."""
 
     def active(self) -> "RunQuerySet":
-        """Runs that are not finished."""
+        """Runs that are not finished (paused ones included)."""
         return self.filter(status__in=ACTIVE_STATUSES)
+
+    def moving(self) -> "RunQuerySet":
+        """Active runs the engine moves forward on its own (all but paused ones)."""
+        return self.filter(status__in=MOVING_VALUES)
 
     def finished(self) -> "RunQuerySet":
         """Runs that completed, failed or were cancelled."""
         return self.filter(status__in=TERMINAL_STATUSES)
 
     def due(self, now: datetime) -> "RunQuerySet":
-        """Active runs whose bell must ring now (woken, retried, lost or stalled)."""
-        return self.filter(status__in=ACTIVE_STATUSES, due_at__lte=now)
+        """Moving runs whose bell must ring now (woken, retried, lost or stalled).
+
+        Runs of a paused workflow are left alone: resuming it rings for them.
+        """
+        return self.filter(not_paused(), status__in=MOVING_VALUES, due_at__lte=now)
 
     def runnable(self, now: datetime) -> "RunQuerySet":
         """Runs a worker may claim now (see :func:`runnable`)."""
@@ -110,6 +144,12 @@ class WorkflowRun(models.Model):
         "eventbus.Workspace", on_delete=models.PROTECT, related_name="runs", db_index=False
     )
     workflow_id = models.CharField(max_length=200)
+    version = models.CharField(
+        max_length=100,
+        blank=True,
+        default="",
+        help_text="The workflow's version label (@workflow(version=…)) when the run began.",
+    )
     event = models.ForeignKey(
         "eventbus.Event",
         on_delete=models.PROTECT,
@@ -129,7 +169,19 @@ class WorkflowRun(models.Model):
     replay_of = models.ForeignKey(
         "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="replays"
     )
+    is_replay = models.BooleanField(
+        default=False,
+        help_text="Started by a replay (stays true when the replayed run is purged).",
+    )
     attempt = models.PositiveIntegerField(default=0, help_text="Retry number of the current step.")
+    depth = models.PositiveIntegerField(
+        default=0, help_text="How deep in a chain of step.invoke (0: started by an event)."
+    )
+    lost_executions = models.PositiveIntegerField(
+        default=0,
+        help_text="Executions lost with their worker since the last step was recorded; "
+        "the next step body counts each as one of its tries.",
+    )
     wake_at = models.DateTimeField(null=True, blank=True, help_text="Not to start before.")
     due_at = models.DateTimeField(
         null=True, blank=True, help_text="When the dispatcher rings for this run next."
@@ -159,24 +211,28 @@ class WorkflowRun(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        permissions = [("replay_run", "Can replay runs"), ("cancel_run", "Can cancel runs")]
+        permissions = [
+            ("replay_run", "Can replay runs"),
+            ("cancel_run", "Can cancel runs"),
+            ("resume_run", "Can resume paused runs"),
+        ]
         constraints = [
             # One run per subscribed workflow per event, however often it is delivered.
             models.UniqueConstraint(
                 fields=["event", "workflow_id"],
-                condition=models.Q(replay_of__isnull=True, branch_index__isnull=True),
+                condition=models.Q(is_replay=False, branch_index__isnull=True),
                 name="workflows_run_once_per_event",
             )
         ]
         indexes = [
             models.Index(
                 fields=["due_at"],
-                condition=models.Q(status__in=ACTIVE_VALUES),
+                condition=models.Q(status__in=MOVING_VALUES),
                 name="workflows_run_due",
             ),
             models.Index(
                 fields=["timeout_at"],
-                condition=models.Q(status__in=ACTIVE_VALUES),
+                condition=models.Q(status__in=MOVING_VALUES),
                 name="workflows_run_timeout",
             ),
             models.Index(fields=["status", "created_at"], name="workflows_run_status"),
@@ -187,6 +243,12 @@ class WorkflowRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.workflow_id} {self.id} ({self.status})"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        """Save; a run with a ``replay_of`` is a replay (``is_replay`` stays true)."""
+        if self.replay_of_id is not None:
+            self.is_replay = True
+        super().save(*args, **kwargs)
 
     @property
     def is_finished(self) -> bool:
@@ -212,6 +274,9 @@ class StepResult(models.Model):
     kind = models.CharField(max_length=16, choices=StepKind.choices)
     status = models.CharField(max_length=16, choices=StepStatus.choices)
     output = models.JSONField(null=True, blank=True)
+    output_bytes = models.PositiveBigIntegerField(
+        default=0, help_text="Size of the encoded output (0 when not measured)."
+    )
     error = models.JSONField(null=True, blank=True)
     attempt = models.PositiveIntegerField(default=0, help_text="Failed tries before this state.")
     wake_at = models.DateTimeField(null=True, blank=True)
@@ -227,80 +292,3 @@ class StepResult(models.Model):
 
     def __str__(self) -> str:
         return f"{self.step_id} [{self.kind}] {self.status}"
-
-
-class WaitKind(models.TextChoices):
-    """What a :class:`Wait` waits for."""
-
-    EVENT = "event", "event"
-    """``step.wait_for_event``: an event with a name and, optionally, a match."""
-    INVOKE = "invoke", "invoke"
-    """``step.invoke``: the end of a child run."""
-    PARALLEL = "parallel", "parallel"
-    """``step.parallel``: the end of one branch run."""
-    CANCEL = "cancel", "cancel"
-    """``@workflow(cancel_on=…)``: an event that cancels the run."""
-
-
-class Wait(models.Model):
-    """Something a run waits for; deleted when it arrives, times out or the run ends.
-
-    Event waits are found, when an event is emitted, by (workspace, event name, match
-    hash): the hash of the incoming event's value at ``match_path`` that the wait
-    expects. Waits without an indexable condition have an empty hash and are checked one
-    by one, so only those scale with the number of waiting runs.
-    """
-
-    run = models.ForeignKey(WorkflowRun, on_delete=models.CASCADE, related_name="waits")
-    step = models.ForeignKey(
-        StepResult, on_delete=models.CASCADE, null=True, blank=True, related_name="waits"
-    )
-    kind = models.CharField(max_length=16, choices=WaitKind.choices)
-    workspace = models.ForeignKey("eventbus.Workspace", on_delete=models.CASCADE, related_name="+")
-    event_name = models.CharField(max_length=255, blank=True, default="")
-    match_path = models.CharField(max_length=255, blank=True, default="")
-    match_hash = models.CharField(max_length=40, blank=True, default="")
-    expression = models.TextField(blank=True, default="", help_text="CEL, checked on arrival.")
-    match = models.CharField(max_length=255, blank=True, default="")
-    child_run = models.ForeignKey(
-        WorkflowRun,
-        on_delete=models.CASCADE,
-        null=True,
-        blank=True,
-        related_name="awaited_by",
-    )
-    expires_at = models.DateTimeField(null=True, blank=True)
-    created_at = models.DateTimeField(default=timezone.now)
-
-    class Meta:
-        indexes = [
-            models.Index(
-                fields=["workspace", "event_name", "match_hash", "created_at"],
-                name="workflows_wait_event",
-            ),
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.kind} wait of run {self.run_id}"
-
-
-class WaitPath(models.Model):
-    """The event fields that waits on an event name match on (a small, stable set).
-
-    When an event is emitted, its values at these paths are hashed to find the waits it
-    satisfies, without reading every wait on that name.
-    """
-
-    workspace = models.ForeignKey("eventbus.Workspace", on_delete=models.CASCADE, related_name="+")
-    event_name = models.CharField(max_length=255)
-    match_path = models.CharField(max_length=255)
-
-    class Meta:
-        constraints = [
-            models.UniqueConstraint(
-                fields=["workspace", "event_name", "match_path"], name="workflows_waitpath_unique"
-            )
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.event_name} by {self.match_path}"

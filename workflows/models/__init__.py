@@ -1,0 +1,50 @@
+"""The models of the workflow engine (read-only for users), one module per concern.
+
+:mod:`.runs` (runs, step memos and the status vocabulary), :mod:`.waits` (what runs
+wait for), :mod:`.schedules`, :mod:`.pauses` (paused workflows, skipped events).
+"""
+
+from workflows.models.pauses import EventSkip, PausedQuerySet, PausedWorkflow, SkipReason
+from workflows.models.runs import (
+    ACTIVE_STATUSES,
+    ACTIVE_VALUES,
+    MOVING_STATUSES,
+    MOVING_VALUES,
+    TERMINAL_STATUSES,
+    RunQuerySet,
+    RunStatus,
+    StepKind,
+    StepResult,
+    StepStatus,
+    WorkflowRun,
+    not_paused,
+    runnable,
+)
+from workflows.models.schedules import Schedule, ScheduleQuerySet, ScheduleSource
+from workflows.models.waits import Wait, WaitKind, WaitPath
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "ACTIVE_VALUES",
+    "MOVING_STATUSES",
+    "MOVING_VALUES",
+    "TERMINAL_STATUSES",
+    "EventSkip",
+    "PausedQuerySet",
+    "PausedWorkflow",
+    "RunQuerySet",
+    "RunStatus",
+    "Schedule",
+    "ScheduleQuerySet",
+    "ScheduleSource",
+    "SkipReason",
+    "StepKind",
+    "StepResult",
+    "StepStatus",
+    "Wait",
+    "WaitKind",
+    "WaitPath",
+    "WorkflowRun",
+    "not_paused",
+    "runnable",
+]

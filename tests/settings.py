@@ -7,12 +7,21 @@ pytest-django created (``WORKFLOWS_TEST_DATABASE_NAME``).
 import os
 
 # One broker folder and one queue per test session, shared with the worker processes
-# the tests start (they inherit this environment), so parallel runs never mix.
-os.environ.setdefault("EMBEDDED_BROKER_DIR", f"/tmp/workflows-test-broker-{os.getpid()}")
-os.environ.setdefault("CELERY_TASK_DEFAULT_QUEUE", f"workflows-test-{os.getpid()}")
+# the tests start (they inherit this environment), so parallel runs never mix. Under
+# pytest-xdist each test process is a session of its own: its processes inherited the
+# controller's variables, so they are named after the run and the xdist worker (which
+# the worker processes a test starts inherit in turn).
+_XDIST = os.environ.get("PYTEST_XDIST_WORKER")
+if _XDIST:
+    _SESSION = f"{os.environ.get('PYTEST_XDIST_TESTRUNUID', '')[:12]}-{_XDIST}"
+    os.environ["EMBEDDED_BROKER_DIR"] = f"/tmp/workflows-test-broker-{_SESSION}"
+    os.environ["CELERY_TASK_DEFAULT_QUEUE"] = f"workflows-test-{_SESSION}"
+else:
+    os.environ.setdefault("EMBEDDED_BROKER_DIR", f"/tmp/workflows-test-broker-{os.getpid()}")
+    os.environ.setdefault("CELERY_TASK_DEFAULT_QUEUE", f"workflows-test-{os.getpid()}")
 
-from settings.settings import *  # noqa: F403
-from settings.settings import DATABASES, INSTALLED_APPS
+from settings.settings import *  # noqa: E402, F403  (after the environment above)
+from settings.settings import DATABASES, INSTALLED_APPS  # noqa: E402
 
 INSTALLED_APPS = [*INSTALLED_APPS, "tests.testapp"]
 WORKFLOWS_MODULES = [

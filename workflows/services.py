@@ -253,8 +253,10 @@ def resume_run(run_id: Any, *, workspace: str | None = None) -> WorkflowRun:
             raise NotResumableError(
                 f"run {run.pk} is {run.status}, not paused: only a paused run can be resumed"
             )
+        # Read it back before the bell rings: a worker may claim it the moment this
+        # commits, and the caller is told what it resumed, a queued run.
+        run.refresh_from_db()
         doorbell.ring_on_commit([run.pk])
-    run.refresh_from_db()
     return run
 
 

@@ -71,8 +71,9 @@ def get_workspace(slug: str | None) -> Workspace:
         return workspace
     if not isinstance(slug, str):
         raise EventError(f"workspace must be a slug string, got {type(slug).__name__}")
-    if validation.invisible_problem(slug):
-        raise EventError(f"workspace {slug[:80]!r} {validation.invisible_problem(slug)}")
+    problem = validation.invisible_problem(slug)
+    if problem:
+        raise EventError(f"workspace {slug[:80]!r} {problem}")
     try:
         return Workspace.objects.get(slug=slug)
     except Workspace.DoesNotExist:

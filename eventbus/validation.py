@@ -105,10 +105,6 @@ def encode_json(value: Any, *, max_depth: int, max_bytes: int, where: str) -> st
 
 def invisible_problem(text: str) -> str | None:
     """Why ``text`` may not be a name, slug, id or key (see ``INVISIBLE``), or ``None``."""
-    return _invisible_problem(text)
-
-
-def _invisible_problem(text: str) -> str | None:
     found = _INVISIBLE_RE.search(text)
     if found is None:
         return None
@@ -137,7 +133,7 @@ def event_name(value: Any, *, reserved_ok: bool = False) -> str:
             f"event name {value[:80]!r} is malformed: use printable characters without "
             "spaces, control characters or '*' (e.g. 'billing/invoice.paid')"
         )
-    problem = _invisible_problem(value)
+    problem = invisible_problem(value)
     if problem:
         raise EventError(f"event name {value[:80]!r} {problem}")
     reserved = next((p for p in _reserved_prefixes if value.startswith(p)), None)

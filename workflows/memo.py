@@ -6,12 +6,9 @@ each keep their own memo.
 """
 
 import hashlib
-import re
 
 from eventbus import validation
 from workflows.exceptions import StepUsageError
-
-_INVISIBLE_RE = re.compile(f"[{validation.INVISIBLE}]")
 
 MAX_STEP_ID_LENGTH = 255
 
@@ -46,13 +43,9 @@ def check_step_id(step_id: object, call: str) -> str:
         )
     if "\x00" in step_id:
         raise StepUsageError(f"step.{call}: the step id must not contain NUL characters")
-    found = _INVISIBLE_RE.search(step_id)
-    if found:
-        raise StepUsageError(
-            f"step.{call}: the step id contains U+{ord(found.group()):04X}: control "
-            "characters (C0, C1), bidirectional controls, zero-width characters and lone "
-            "surrogates are not allowed"
-        )
+    problem = validation.invisible_problem(step_id)
+    if problem:
+        raise StepUsageError(f"step.{call}: the step id {problem}")
     return step_id
 
 

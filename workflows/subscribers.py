@@ -33,12 +33,13 @@ def start_runs(events: list[Event]) -> list[WorkflowRun]:
         return []
     paused = PausedWorkflow.objects.among({wf.id for _, wf in pairs})
     if paused:
-        skipped = [(e, wf) for e, wf in pairs if paused(wf.id, e.workspace_id)]
+        held = [paused(wf.id, e.workspace_id) for e, wf in pairs]
         EventSkip.objects.bulk_create(
             EventSkip(event=e, workflow_id=wf.id, reason=SkipReason.PAUSED, created_at=now)
-            for e, wf in skipped
+            for (e, wf), skip in zip(pairs, held, strict=True)
+            if skip
         )
-        pairs = [pair for pair in pairs if pair not in skipped]
+        pairs = [pair for pair, skip in zip(pairs, held, strict=True) if not skip]
     return lifecycle.start(
         ((lifecycle.new_run(event, wf, now=now), wf) for event, wf in pairs),
         skip_repeats=True,

@@ -10,7 +10,7 @@ import time
 from collections import Counter
 
 import pytest
-from django.db import connection, connections
+from django.db import connection, connections, transaction
 from django.db.models import Count
 
 import eventbus
@@ -19,9 +19,17 @@ from eventbus.models import Event, EventStatus
 from tests.chaos.workflows import EMISSION_LOG_ENV
 from tests.conftest import Dispatcher, wait_until
 from tests.testapp.models import EmissionLog, LedgerEntry
-from workflows import tasks
-from workflows.models import TERMINAL_STATUSES, StepResult, WorkflowRun
-from workflows.testing import no_broker
+from workflows import tasks, waits
+from workflows.models import (
+    TERMINAL_STATUSES,
+    RunStatus,
+    StepResult,
+    StepStatus,
+    Wait,
+    WaitKind,
+    WorkflowRun,
+)
+from workflows.testing import drain, no_broker
 
 pytestmark = pytest.mark.worker
 
@@ -131,3 +139,52 @@ def test_racing_dispatcher_passes_on_separate_connections_emit_each_event_once(
     runs = Counter(WorkflowRun.objects.values_list("event_id", "workflow_id"))
     assert len(runs) == 400 and set(runs.values()) == {1}
     assert sum(1 for n in emitted if n) > 1, emitted  # the passes really shared the work
+
+
+def test_branches_ending_at_once_wake_their_parent(transactional_db, monkeypatch):
+    """Two branches settle their waits in overlapping transactions: the last one wakes it.
+
+    Each transaction deletes its own wait and then asks whether any remain; without an
+    order between them, each sees the other's wait (not yet committed) and neither wakes
+    the parent, which then waits forever.
+    """
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite runs one writing transaction at a time; the overlap needs PostgreSQL")
+    with no_broker():
+        eventbus.send("coord/parallel", {"n": 2})
+        drain(max_executions=1)  # the parent records its branches and suspends
+        parent = WorkflowRun.objects.get(parent__isnull=True)
+    assert parent.status == RunStatus.WAITING
+    pending = list(Wait.objects.filter(run=parent, kind=WaitKind.PARALLEL))
+    assert len(pending) == 2
+    both_deleted = threading.Barrier(2)
+    remain = waits._waits_remain
+
+    def after_both_deletes(run_id):
+        try:
+            both_deleted.wait(timeout=2)  # times out when the other one takes its turn after us
+        except threading.BrokenBarrierError:
+            pass
+        return remain(run_id)
+
+    monkeypatch.setattr(waits, "_waits_remain", after_both_deletes)
+    errors: list[BaseException] = []
+
+    def settle(wait) -> None:
+        try:
+            with no_broker(), transaction.atomic():
+                waits.resolve(wait, StepStatus.COMPLETED)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=settle, args=(wait,)) for wait in pending]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not errors, errors
+    parent.refresh_from_db()
+    assert parent.status == RunStatus.QUEUED
+    assert not Wait.objects.filter(run=parent).exists()

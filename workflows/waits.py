@@ -43,10 +43,11 @@ from workflows.payloads import event_dict
 logger = logging.getLogger("workflows.waits")
 
 
-def _lock(workspace_id: Any, name: str, *, shared: bool) -> None:
+def _lock(*parts: Any, shared: bool = False) -> None:
     if connection.vendor != "postgresql":
         return  # SQLite: one writing transaction at a time already orders them
-    digest = hashlib.sha1(f"workflows-wait\x00{workspace_id}\x00{name}".encode()).digest()
+    text = "\x00".join(str(part) for part in ("workflows-wait", *parts))
+    digest = hashlib.sha1(text.encode()).digest()
     key = int.from_bytes(digest[:8], "big", signed=True)
     function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
     with connection.cursor() as cursor:
@@ -55,7 +56,7 @@ def _lock(workspace_id: Any, name: str, *, shared: bool) -> None:
 
 def lock_for_wait(workspace_id: Any, name: str) -> None:
     """Before recording a wait for ``name``: order us after emitters of that name."""
-    _lock(workspace_id, name, shared=False)
+    _lock(workspace_id, name)
 
 
 # --- conditions -----------------------------------------------------------------------
@@ -252,6 +253,10 @@ def resolve(
     For a parallel branch the step is settled later by the run itself, from its branch
     runs; the run is queued again once its last wait is gone.
     """
+    if wait.kind == WaitKind.PARALLEL:
+        # Branches ending at once would each see the other's wait still there (neither
+        # has committed) and neither would wake the run: take turns per run.
+        _lock("run", wait.run_id)
     if not Wait.objects.filter(pk=wait.pk).delete()[0]:
         return False
     now = timezone.now()
@@ -259,9 +264,13 @@ def resolve(
         StepResult.objects.filter(pk=wait.step_id, status=StepStatus.WAITING).update(
             status=status, output=output, error=error, wake_at=None, finished_at=now
         )
-    if not Wait.objects.filter(run_id=wait.run_id, step__isnull=False).exists():
+    if not _waits_remain(wait.run_id):
         wake(wait.run_id)
     return True
+
+
+def _waits_remain(run_id: Any) -> bool:
+    return Wait.objects.filter(run_id=run_id, step__isnull=False).exists()
 
 
 def wake(run_id: Any) -> None:

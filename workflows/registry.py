@@ -11,7 +11,7 @@ from django.conf import settings
 from django.utils.module_loading import autodiscover_modules
 
 from eventbus import validation
-from workflows import conf, cron, durations, matching
+from workflows import admission, conf, cron, durations, flowcontrol, matching
 from workflows.exceptions import UnknownWorkflowError, WorkflowDefinitionError
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-/]{0,199}$")
@@ -63,6 +63,8 @@ class Workflow:
         version: str = "",
         on_nondeterminism: str = "fail",
         crons: tuple[str, ...] = (),
+        flow: flowcontrol.FlowControl = flowcontrol.NONE,
+        admit: admission.Admission = admission.NONE,
     ) -> None:
         self.fn = fn
         self.id = id
@@ -78,6 +80,11 @@ class Workflow:
         self.on_nondeterminism = on_nondeterminism
         #: The ``cron=`` entries, each as declared (``TZ=`` prefix included).
         self.crons = crons
+        #: ``concurrency``, ``throttle`` and ``priority``: when its runs may execute.
+        self.flow = flow
+        #: ``rate_limit``, ``debounce``, ``batch_events``, ``singleton``, ``idempotency``:
+        #: whether and how an event starts a run.
+        self.admission = admit
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", id)
         self.__module__ = getattr(fn, "__module__", __name__)
@@ -107,6 +114,14 @@ def workflow(
     version: str | None = None,
     on_nondeterminism: str = "fail",
     cron: str | list[str] | tuple[str, ...] | None = None,
+    concurrency: int | dict[str, Any] | list[dict[str, Any]] | None = None,
+    throttle: dict[str, Any] | None = None,
+    priority: dict[str, str] | None = None,
+    rate_limit: dict[str, Any] | None = None,
+    debounce: dict[str, Any] | None = None,
+    batch_events: dict[str, Any] | None = None,
+    singleton: dict[str, Any] | None = None,
+    idempotency: str | None = None,
 ) -> Callable[[Callable[[Any], Any]], Workflow]:
     """Register a durable workflow.
 
@@ -133,6 +148,11 @@ def workflow(
     ``cron`` is a cron entry or a list of them (five fields, or six with seconds first;
     an optional ``TZ=<zone> `` prefix, default UTC): each slot starts one run in the
     default workspace, with a ``workflows/cron`` event (see docs/schedules.md).
+
+    Flow control (see docs/flow-control.md): ``concurrency``, ``throttle`` and
+    ``priority`` shape when runs execute; ``rate_limit``, ``debounce``,
+    ``batch_events``, ``singleton`` and ``idempotency`` decide whether and how an event
+    starts a run. Their keys are CEL expressions over ``event`` and ``workspace``.
     """
     if not isinstance(id, str) or not _ID_RE.match(id):
         raise WorkflowDefinitionError(
@@ -147,6 +167,15 @@ def workflow(
             f"{on_nondeterminism!r}"
         )
     crons = _crons(id, cron)
+    flow = flowcontrol.parse(id, concurrency=concurrency, throttle=throttle, priority=priority)
+    admit = admission.parse(
+        id,
+        rate_limit=rate_limit,
+        debounce=debounce,
+        batch_events=batch_events,
+        singleton=singleton,
+        idempotency=idempotency,
+    )
     if retries is None:
         retries = conf.get().DEFAULT_RETRIES
     if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 100:
@@ -191,6 +220,8 @@ def workflow(
             on_failure=handler,
             version=label,
             on_nondeterminism=on_nondeterminism,
+            flow=flow,
+            admit=admit,
         )
         register(wf)
         if handler is not None:

@@ -1,9 +1,11 @@
 """The models of the workflow engine (read-only for users), one module per concern.
 
 :mod:`.runs` (runs, step memos and the status vocabulary), :mod:`.waits` (what runs
-wait for), :mod:`.schedules`, :mod:`.pauses` (paused workflows, skipped events).
+wait for), :mod:`.schedules`, :mod:`.pauses` (paused workflows, skipped events), :mod:`.flow`
+(flow control's throttles).
 """
 
+from workflows.models.flow import ThrottleState
 from workflows.models.pauses import EventSkip, PausedQuerySet, PausedWorkflow, SkipReason
 from workflows.models.runs import (
     ACTIVE_STATUSES,
@@ -41,6 +43,7 @@ __all__ = [
     "StepKind",
     "StepResult",
     "StepStatus",
+    "ThrottleState",
     "Wait",
     "WaitKind",
     "WaitPath",

@@ -200,6 +200,39 @@ class WorkflowRun(models.Model):
     branch_index = models.PositiveIntegerField(
         null=True, blank=True, help_text="For a branch of step.parallel: its position."
     )
+    slot_1 = models.CharField(
+        max_length=400,
+        blank=True,
+        default="",
+        help_text="The group of the first concurrency limit the run counts against.",
+    )
+    slot_2 = models.CharField(
+        max_length=400,
+        blank=True,
+        default="",
+        help_text="The group of the second concurrency limit, if there are two.",
+    )
+    throttle_key = models.CharField(
+        max_length=300, blank=True, default="", help_text="The throttle group of the run."
+    )
+    throttle_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="The first start the throttle reserved for the run (it may start then).",
+    )
+    priority = models.SmallIntegerField(
+        default=0, help_text="Seconds the run is moved ahead (+) or back (-) in line."
+    )
+    order_at = models.DateTimeField(
+        default=timezone.now,
+        help_text="Its place in line to start: created_at less priority.",
+    )
+    held_by = models.CharField(
+        max_length=400,
+        blank=True,
+        default="",
+        help_text="What held the run back last time it could have started.",
+    )
     lease_owner = models.CharField(max_length=64, null=True, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
@@ -239,6 +272,17 @@ class WorkflowRun(models.Model):
             models.Index(fields=["workflow_id", "created_at"], name="workflows_run_workflow"),
             models.Index(fields=["workspace", "created_at"], name="workflows_run_workspace"),
             models.Index(fields=["created_at"], name="workflows_run_created"),
+            # Counting a limit's running runs, and finding the next in line for a slot.
+            models.Index(
+                fields=["slot_1", "status", "order_at"],
+                condition=~models.Q(slot_1=""),
+                name="workflows_run_slot_1",
+            ),
+            models.Index(
+                fields=["slot_2", "status", "order_at"],
+                condition=~models.Q(slot_2=""),
+                name="workflows_run_slot_2",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -32,6 +32,14 @@ def notify(channel: str) -> float:
     return marks.notify(channel)
 
 
+@app.task(name="bench.fanout")
+def fanout(label: str, n: int) -> int:
+    """W2: publish ``n`` one-row tasks from inside a worker (as the others fan out)."""
+    for k in range(n):
+        mark.apply_async((label, k))
+    return n
+
+
 @app.task(name="bench.mark")
 def mark(label: str, key: int) -> float:
     """W2 and W4: write one row."""

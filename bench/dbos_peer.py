@@ -44,6 +44,14 @@ def leaf(label: str, key: int) -> None:
     mark_step(label, key)
 
 
+@DBOS.workflow(name="bench_fanout")
+def fanout(label: str, n: int) -> int:
+    """W2: enqueue ``n`` one-step workflows from inside a workflow (as ours fans out)."""
+    for k in range(n):
+        DBOS.enqueue_workflow(config.DBOS_QUEUE, leaf, label, k)
+    return n
+
+
 @DBOS.step()
 def notify_step(channel: str) -> float:
     """Notify the driver that this step started."""

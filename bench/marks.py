@@ -43,7 +43,8 @@ def redis_client() -> redis.Redis:
     """This process's Redis client on the bench's Redis database."""
     global _redis
     if _redis is None:
-        _redis = redis.Redis.from_url(config.REDIS_URL)
+        # No socket timeout: `wait` blocks in BLPOP longer than redis-py 8's default of 5 s.
+        _redis = redis.Redis.from_url(config.REDIS_URL, socket_timeout=None)
     return _redis
 
 

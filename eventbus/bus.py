@@ -18,7 +18,7 @@ from typing import Any
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from eventbus import conf, validation
+from eventbus import conf, tracing, validation
 from eventbus.exceptions import EventError, UnknownWorkspaceError
 from eventbus.models import Event, EventStatus, Workspace
 
@@ -93,13 +93,17 @@ def send(
 ) -> str:
     """See :func:`eventbus.send`."""
     spec = validation.event(name, data, ts, id)
-    return store([spec], get_workspace(workspace))[0]
+    space = get_workspace(workspace)
+    with tracing.send_span([spec.name], space.slug):
+        return store([spec], space)[0]
 
 
 def send_batch(events: Any, *, workspace: str | None = None) -> list[str]:
     """See :func:`eventbus.send_batch`."""
     specs = validation.batch(events)
-    return store(specs, get_workspace(workspace))
+    space = get_workspace(workspace)
+    with tracing.send_span([spec.name for spec in specs], space.slug):
+        return store(specs, space)
 
 
 def store(
@@ -119,6 +123,8 @@ def store(
     """
     now = now_ms()
     created_at = timezone.now()
+    # What the events start later (other processes, days after) continues this trace.
+    trace_context = tracing.carrier()
     rows: list[Event] = []
     for index, spec in enumerate(specs):
         ts = spec.ts if spec.ts is not None else now
@@ -135,6 +141,7 @@ def store(
                 emitted_at=None if ts > now else created_at,
                 source_run_id=source_run_id,
                 source_step_id=source_step_id,
+                trace_context=trace_context,
             )
         )
     # No savepoint of our own inside a caller's transaction: an error rolls back all.

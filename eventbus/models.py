@@ -67,6 +67,11 @@ class Event(models.Model):
         db_index=True,
         help_text="The id of the step that emitted this event, if any.",
     )
+    trace_context = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="The W3C trace context current when the event was sent (OpenTelemetry).",
+    )
 
     objects = EventQuerySet.as_manager()
 

@@ -17,7 +17,7 @@ from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
-from eventbus import bus, conf, keys, replies, validation, webhooks
+from eventbus import bus, conf, keys, replies, tracing, validation, webhooks
 from eventbus.exceptions import EventError
 from eventbus.models import Webhook
 
@@ -57,7 +57,12 @@ def event_api(request: HttpRequest, event_key: str) -> JsonResponse:
             )
     except _Refused as refusal:
         return replies.error(refusal.status, str(refusal))
-    with transaction.atomic():
+    names = [spec.name for spec in specs]
+    with (
+        tracing.incoming(request.headers),
+        tracing.send_span(names, key.workspace.slug),
+        transaction.atomic(),
+    ):
         ids = bus.store(specs, key.workspace)
         keys.touch(key)
     return replies.accepted(ids)

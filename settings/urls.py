@@ -9,5 +9,7 @@ urlpatterns = [
     # The HTTP event API (POST /e/<key>) and webhooks (POST /w/<id>), at the root:
     # Inngest's clients post to /e/<key> whatever path their base URL has.
     path("", include("eventbus.urls")),
+    # GET /metrics (Prometheus; staff-only unless WORKFLOWS["METRICS_PUBLIC"]).
+    path("", include("workflows.urls")),
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
 ]

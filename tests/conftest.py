@@ -288,3 +288,94 @@ class broker_url:
 
         app.close()
         app.conf.broker_url = self.previous
+
+
+# --- shared helpers of the test modules -----------------------------------------------
+# One place for what several modules need: waiting for runs, starting and finishing them
+# in-process, the "no step body ran again after its memo" check, permissions, commands.
+
+
+def all_finished(expected: int | None = None) -> Callable[[], bool]:
+    """A predicate for :func:`wait_until`: at least ``expected`` runs, all terminal."""
+    from workflows.models import TERMINAL_STATUSES, WorkflowRun
+
+    def check() -> bool:
+        runs = WorkflowRun.objects.all()
+        if expected is not None and runs.count() < expected:
+            return False
+        return runs.exists() and not runs.exclude(status__in=TERMINAL_STATUSES).exists()
+
+    return check
+
+
+def assert_no_committed_step_ran_again() -> None:
+    """No ledger write of a step happened after that step's memo was committed."""
+    from tests.testapp.models import LedgerEntry
+    from workflows.models import StepResult
+
+    for step in StepResult.objects.filter(kind="run", status="completed"):
+        later = LedgerEntry.objects.filter(
+            run_id=str(step.run_id), step=step.step_id, created_at__gt=step.finished_at
+        )
+        assert not later.exists(), f"step {step.step_id} of run {step.run_id} ran again"
+
+
+def start_run(name: str, data: dict | None = None, workspace: str | None = None):
+    """Send ``name`` without ringing a broker; return the (first) run it triggered."""
+    import eventbus
+    from workflows.models import WorkflowRun
+    from workflows.testing import no_broker
+
+    with no_broker():
+        event_id = eventbus.send(name, data or {}, workspace=workspace)
+    return (
+        WorkflowRun.objects.filter(event_id=event_id, parent__isnull=True)
+        .order_by("workflow_id")
+        .first()
+    )
+
+
+def finish_run(run, skip_time: bool = True):
+    """Drain in-process (time skipped unless told) and return ``run`` refreshed."""
+    from workflows.testing import drain
+
+    drain(skip_time=skip_time)
+    run.refresh_from_db()
+    return run
+
+
+def failed_run(order: int = 1):
+    """A run of ``adm-flaky`` (tests/admin_workflows.py) that failed at its step, in-process."""
+    import eventbus
+    from workflows import testing
+    from workflows.models import RunStatus, WorkflowRun
+
+    eventbus.send("adm/flaky", {"order": order})
+    testing.drain(skip_time=True)
+    run = WorkflowRun.objects.get(workflow_id="adm-flaky")
+    assert run.status == RunStatus.FAILED, run.status
+    return run
+
+
+def grant(user, model: type, *codenames: str) -> None:
+    """Give ``user`` permissions (custom ones are created if the model does not declare them)."""
+    from django.contrib.auth.models import Permission
+    from django.contrib.contenttypes.models import ContentType
+
+    ct = ContentType.objects.get_for_model(model)
+    for codename in codenames:
+        perm, _ = Permission.objects.get_or_create(
+            content_type=ct, codename=codename, defaults={"name": codename.replace("_", " ")}
+        )
+        user.user_permissions.add(perm)
+
+
+def run_command(*args: str) -> str:
+    """``call_command`` as an operator would type it; returns what it printed on stdout."""
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    out = StringIO()
+    call_command(*args, stdout=out, stderr=StringIO())
+    return out.getvalue()

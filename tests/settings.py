@@ -30,6 +30,9 @@ WORKFLOWS_MODULES = [
     "tests.wedge_workflows",
     "tests.deploy_workflows",
     "tests.schedule_workflows",
+    "tests.observability_workflows",
+    "tests.flow_workflows",
+    "tests.admission_workflows",
 ]
 
 if os.environ.get("WORKFLOWS_TEST_DATABASE_NAME"):
@@ -45,4 +48,7 @@ WORKFLOWS = {
     "RETRY_BASE_SECONDS": 0.2,
     "RETRY_MAX_SECONDS": 2.0,
 }
+if os.environ.get("WORKFLOWS_TEST_NO_DISPATCHER"):
+    # A worker that only executes what it is rung for: nothing is rung on a timer.
+    WORKFLOWS["DISPATCHER_IN_WORKER"] = False
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -88,11 +88,11 @@ SEND_CASES = [
     Case("send-name-none", "send", send(None), "event name must be a string, got NoneType"),
     Case("send-name-bytes", "send", send(b"cat/x"), "event name must be a string, got bytes"),
     Case("send-name-space", "send", send("has space"), "'has space' is malformed"),
-    Case("send-name-newline", "send", send("cat/a\nb"), "is malformed"),
-    Case("send-name-escape-char", "send", send("cat/\x1b[31m"), "is malformed"),
-    Case("send-name-nul", "send", send("cat/\x00"), "is malformed"),
-    Case("send-name-del-char", "send", send("cat/\x7f"), "is malformed"),
-    Case("send-name-star", "send", send("cat/*"), "is malformed.*'\\*'"),
+    Case("send-name-newline", "send", send("cat/a\nb"), r"'cat/a\\nb' is malformed"),
+    Case("send-name-escape-char", "send", send("cat/\x1b[31m"), r"'cat/\\x1b\[31m' is malformed"),
+    Case("send-name-nul", "send", send("cat/\x00"), r"'cat/\\x00' is malformed"),
+    Case("send-name-del-char", "send", send("cat/\x7f"), r"'cat/\\x7f' is malformed"),
+    Case("send-name-star", "send", send("cat/*"), r"'cat/\*' is malformed"),
     Case("send-name-very-long", "send", send("n" * 10_000), "10000 characters long; the limit"),
     Case("send-data-list", "send", send("cat/x", [1, 2]), "must be a JSON object.*got list"),
     Case("send-data-string", "send", send("cat/x", "{}"), "must be a JSON object.*got str"),
@@ -422,6 +422,34 @@ WORKFLOW_CASES = [
     Case("wf-retries-string", "@workflow", define(id="cat-bad", retries="3"), "got '3'"),
     Case("wf-retries-bool", "@workflow", define(id="cat-bad", retries=True), "got True"),
     Case(
+        "wf-batch-with-debounce",
+        "@workflow",
+        define(
+            id="cat-bad",
+            batch_events={"max_size": 2, "timeout": "1s"},
+            debounce={"period": "1s"},
+        ),
+        "batch_events cannot be combined with debounce",
+    ),
+    Case(
+        "wf-rate-limit-zero",
+        "@workflow",
+        define(id="cat-bad", rate_limit={"limit": 0, "period": "1m"}),
+        "rate_limit limit must be a whole number from 1 to 10000, got 0",
+    ),
+    Case(
+        "wf-singleton-mode",
+        "@workflow",
+        define(id="cat-bad", singleton={"mode": "queue"}),
+        "singleton mode must be 'skip' or 'cancel'",
+    ),
+    Case(
+        "wf-idempotency-unparsable",
+        "@workflow",
+        define(id="cat-bad", idempotency="event.data.("),
+        "idempotency: the CEL expression",
+    ),
+    Case(
         "wf-not-a-function",
         "@workflow",
         lambda env: workflow(id="cat-bad")(42),
@@ -692,7 +720,7 @@ COORDINATION_CASES = [
     Case("wfe-if-unparsable", "step", wait(if_="async.data.x =="), "CEL expression does not parse"),
     Case("wfe-if-empty", "step", wait(if_=" "), "if_ must be a CEL expression"),
     Case("wfe-event-missing", "step", wait(event=None), "event name must be a string"),
-    Case("wfe-event-wildcard", "step", wait(event="cat/*"), "is malformed"),
+    Case("wfe-event-wildcard", "step", wait(event="cat/*"), r"'cat/\*' is malformed"),
     Case(
         "invoke-plain-function",
         "step",
@@ -881,14 +909,6 @@ def counts() -> dict[str, int]:
         "steps": StepResult.objects.count(),
         "workspaces": Workspace.objects.count(),
     }
-
-
-def test_the_catalogue_has_at_least_40_kinds_of_bad_input_at_every_entry_point():
-    assert len(CASES) >= 40
-    assert len({case.id for case in CASES}) == len(CASES)
-    assert {case.entry for case in CASES} >= {
-        "send", "send_batch", "step", "@workflow", "command", "admin"
-    }  # fmt: skip
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])

@@ -4,7 +4,6 @@ A "deploy" here swaps the function registered under a workflow id between two
 executions of a run (the real-worker version is tests/test_deploys.py).
 """
 
-import io
 from datetime import timedelta
 
 import pytest
@@ -14,6 +13,7 @@ from django.utils import timezone
 
 import eventbus
 import workflows
+from tests.conftest import run_command as call_command_out
 from tests.testapp.models import LedgerEntry
 from tests.testapp.workflows import write_ledger
 from workflows import lifecycle, registry, services
@@ -222,12 +222,6 @@ def test_version_labels_and_options_are_checked(deploy):
         deploy(v1, version="x" * 101)
     with pytest.raises(WorkflowDefinitionError, match="on_nondeterminism must be 'fail' or"):
         deploy(v1, on_nondeterminism="ignore")
-
-
-def call_command_out(*args) -> str:
-    out = io.StringIO()
-    call_command(*args, stdout=out, stderr=io.StringIO())
-    return out.getvalue()
 
 
 def paused_run(deploy) -> WorkflowRun:

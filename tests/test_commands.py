@@ -2,16 +2,15 @@
 
 import uuid
 from datetime import timedelta
-from io import StringIO
 
 import pytest
-from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
 
 import eventbus
 from eventbus.models import Event, Workspace
-from tests import admin_workflows
+from tests import admin_workflows, conftest
+from tests.conftest import run_command as run
 from workflows import testing
 from workflows.models import RunStatus, WorkflowRun
 
@@ -23,16 +22,8 @@ def _reset():
     yield from admin_workflows.fresh_state()
 
 
-def run(*args: str) -> str:
-    out = StringIO()
-    call_command(*args, stdout=out, stderr=StringIO())
-    return out.getvalue()
-
-
 def failed_run() -> WorkflowRun:
-    eventbus.send("adm/flaky", {"order": 1})
-    testing.drain(skip_time=True)
-    return WorkflowRun.objects.get(workflow_id="adm-flaky")
+    return conftest.failed_run(order=1)
 
 
 def test_send_event_stores_and_triggers():
@@ -68,7 +59,7 @@ def test_send_event_bad_arguments(args, message):
 
 
 def test_send_event_bad_name():
-    with pytest.raises(CommandError):
+    with pytest.raises(CommandError, match="event name"):
         run("send_event", "  ")
 
 

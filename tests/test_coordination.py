@@ -5,7 +5,6 @@ here the in-process driver makes the logic and its races quick and deterministic
 """
 
 import threading
-import time
 from datetime import timedelta
 
 import pytest
@@ -15,6 +14,7 @@ from django.utils import timezone
 
 import eventbus
 from eventbus.models import Event, EventStatus, Workspace
+from tests.conftest import wait_until
 from tests.testapp.models import LedgerEntry
 from workflows import StepError, engine, lifecycle, registry, services, waits, workflow
 from workflows.exceptions import StepUsageError, WorkflowDefinitionError
@@ -142,6 +142,28 @@ def test_matching_uses_the_index_and_does_not_scale_with_waiting_runs():
     assert Wait.objects.count() == 10_000  # the others are untouched
 
 
+def flag_first_write(flag: threading.Event):
+    """An execute wrapper that sets ``flag`` as its connection starts writing."""
+
+    def wrapper(execute, sql, params, many, context):
+        if sql.lstrip().upper().startswith(("BEGIN", "INSERT", "UPDATE")):
+            flag.set()
+        return execute(sql, params, many, context)
+
+    return wrapper
+
+
+def advisory_locks(*, granted: bool) -> int:
+    """Advisory locks of other connections, held (``granted``) or waited for."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+            " AND granted = %s AND pid <> pg_backend_pid()",
+            [granted],
+        )
+        return cursor.fetchone()[0]
+
+
 @pytest.mark.django_db(transaction=True)
 def test_event_committed_while_the_wait_is_being_recorded_is_not_lost(monkeypatch):
     """The sender commits between "the step began" and "the wait is stored"."""
@@ -150,9 +172,12 @@ def test_event_committed_while_the_wait_is_being_recorded_is_not_lost(monkeypatc
     original = waits.lock_for_wait
 
     def emit_meanwhile(workspace_id, name):
+        writing = threading.Event()
+
         def sender():
             try:
-                eventbus.send("coord/order.paid", {"orderId": "race"})
+                with connection.execute_wrapper(flag_first_write(writing)):
+                    eventbus.send("coord/order.paid", {"orderId": "race"})
             finally:
                 connection.close()
                 sent.set()
@@ -161,9 +186,16 @@ def test_event_committed_while_the_wait_is_being_recorded_is_not_lost(monkeypatc
             thread = threading.Thread(target=sender)
             thread.start()
             if connection.vendor == "sqlite":
-                sent.wait(10)  # SQLite: the sender must commit before our write transaction
-            else:
-                time.sleep(0.2)  # PostgreSQL: the sender is ahead of us on the lock
+                # One writer at a time: our transaction holds the write lock, so the
+                # sender can only be at its first write, waiting for our commit.
+                assert writing.wait(30), "the sender never reached its first write"
+            else:  # PostgreSQL: the sender is ahead of us on the lock (or done)
+                wait_until(
+                    lambda: sent.is_set() or advisory_locks(granted=True),
+                    timeout=30,
+                    interval=0.005,
+                    what="the sender to take its lock",
+                )
         original(workspace_id, name)
 
     monkeypatch.setattr(waits, "lock_for_wait", emit_meanwhile)
@@ -184,9 +216,11 @@ def test_event_sent_while_the_wait_transaction_is_open_is_not_lost(monkeypatch):
     def send_before_commit(*args, **kwargs):
         result = original(*args, **kwargs)
 
+        writing = threading.Event()
+
         def sender():
             try:
-                with no_broker():
+                with connection.execute_wrapper(flag_first_write(writing)), no_broker():
                     eventbus.send("coord/order.paid", {"orderId": "race2"})
             finally:
                 connection.close()
@@ -194,7 +228,17 @@ def test_event_sent_while_the_wait_transaction_is_open_is_not_lost(monkeypatch):
         thread = threading.Thread(target=sender)
         thread.start()
         threads.append(thread)
-        time.sleep(0.3)  # the sender blocks until our transaction commits
+        # The sender blocks until our transaction commits: on PostgreSQL on our lock,
+        # seen waiting in pg_locks; on SQLite on the write lock, at its first write.
+        if connection.vendor == "postgresql":
+            wait_until(
+                lambda: advisory_locks(granted=False),
+                timeout=30,
+                interval=0.005,
+                what="the sender to wait for our lock",
+            )
+        else:
+            assert writing.wait(30), "the sender never reached its first write"
         return result
 
     monkeypatch.setattr(waits, "record_event_wait", send_before_commit)
@@ -472,7 +516,7 @@ def test_wait_rows_and_transactions_roll_back_together():
     """A failure inside the wait's transaction leaves no wait and no memo behind."""
     run = start("coord/order.created", {"orderId": "tx"})
     assert Wait.objects.filter(run=run).count() == 1
-    with pytest.raises(RuntimeError), transaction.atomic():
+    with pytest.raises(RuntimeError, match="roll back"), transaction.atomic():
         services.cancel_run(run.pk)
         raise RuntimeError("roll back")
     run.refresh_from_db()

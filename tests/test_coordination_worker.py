@@ -144,13 +144,17 @@ def test_cancel_while_a_step_executes_keeps_its_result_and_runs_nothing_more(wor
 
 
 def test_cancelled_sleeping_run_does_not_wake_and_its_deferred_events_never_fire(worker):
+    # A control run sleeps as long, started after it and not cancelled: once it has woken
+    # and finished, the cancelled run would have woken too.
     run = run_of(eventbus.send("coord/subscription.started", {"userId": "u8", "sleep": 3}))
+    control = run_of(eventbus.send("coord/subscription.started", {"userId": "u9", "sleep": 3}))
     status_is(run, RunStatus.SLEEPING)
     reminder = Event.objects.get(name="coord/reminder", data__userId="u8")
     assert services.cancel_run(run.pk)
     reminder.refresh_from_db()
     assert reminder.status == EventStatus.CANCELLED
-    time.sleep(5)  # past the end of the sleep
+    assert ended(control).status == RunStatus.COMPLETED, worker.tail()
+    assert control.steps.filter(step_id="second").exists()
     run.refresh_from_db()
     assert run.status == RunStatus.CANCELLED
     assert not run.steps.filter(step_id="second").exists()

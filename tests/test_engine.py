@@ -7,8 +7,9 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-import eventbus
 from eventbus.models import Event, Workspace
+from tests.conftest import finish_run as finish
+from tests.conftest import start_run as start
 from tests.testapp import workflows as test_workflows
 from tests.testapp.models import LedgerEntry
 from workflows import engine, memo
@@ -16,18 +17,6 @@ from workflows.models import RunStatus, StepResult, StepStatus, WorkflowRun
 from workflows.testing import drain, no_broker
 
 pytestmark = pytest.mark.django_db
-
-
-def start(name, data=None, workspace=None):
-    with no_broker():
-        event_id = eventbus.send(name, data or {}, workspace=workspace)
-    return WorkflowRun.objects.get(event_id=event_id)
-
-
-def finish(run, skip_time=True):
-    drain(skip_time=skip_time)
-    run.refresh_from_db()
-    return run
 
 
 def test_memo_keys_follow_the_contract():
@@ -58,29 +47,60 @@ def test_resumed_run_skips_completed_steps():
     assert run.steps.get(step_id="nap").status == StepStatus.COMPLETED
 
 
-def test_memos_load_in_one_query_and_each_new_step_costs_one_transaction():
-    run = start("test/steps", {"steps": 20})
+def server_transactions() -> int:
+    """Transactions the server has ended in this database (PostgreSQL's own count)."""
+    with connection.cursor() as cursor:
+        # This backend's counts reach the shared statistics when it next goes idle.
+        cursor.execute("SELECT pg_stat_force_next_flush()")
+        cursor.execute(
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database"
+            " WHERE datname = current_database()"
+        )
+        return cursor.fetchone()[0]
+
+
+def cost_of_a_run(steps: int) -> dict:
+    """Execute a fresh run of ``steps`` new steps; count its queries and transactions."""
+    run = start("test/loop", {"n": steps})  # steps with no database work of their own
+    before = server_transactions() if connection.vendor == "postgresql" else 0
     with CaptureQueriesContext(connection) as queries:
         engine.execute(run.pk)
+    after = server_transactions() if connection.vendor == "postgresql" else 0
     run.refresh_from_db()
-    assert run.status == RunStatus.COMPLETED
-    selects_of_steps = [
-        q for q in queries if "workflows_stepresult" in q["sql"] and q["sql"].startswith("SELECT")
-    ]
-    assert len(selects_of_steps) == 1
-    # Per new step the engine issues two statements in one transaction: the lease fence
-    # (UPDATE) and the memo (INSERT). Savepoints only appear because the test itself runs
-    # in a transaction; the step bodies' ledger inserts are not the engine's.
-    engine_statements = [
-        q["sql"]
-        for q in queries
-        if "testapp_ledgerentry" not in q["sql"]
-        and not q["sql"].startswith(("SAVEPOINT", "RELEASE SAVEPOINT"))
-    ]
-    assert len(engine_statements) <= 2 * 20 + 8
-    transactions = [q for q in queries if q["sql"].startswith("SAVEPOINT")]
-    # One per step, plus the claim, plus the end (the run's status and its system event).
-    assert len(transactions) <= 20 + 3
+    assert run.status == RunStatus.COMPLETED and run.steps.count() == steps
+    statements = [q["sql"] for q in queries]
+    return {
+        "memo selects": sum(
+            1 for sql in statements if sql.startswith("SELECT") and "workflows_stepresult" in sql
+        ),
+        "commits": statements.count("COMMIT"),
+        "statements": sum(1 for sql in statements if not sql.startswith(("BEGIN", "COMMIT"))),
+        "savepoints": sum(1 for sql in statements if sql.startswith("SAVEPOINT")),
+        # Minus the two statements of the second measurement (each its own transaction).
+        "server transactions": after - before - 2,
+    }
+
+
+@pytest.mark.django_db(transaction=True)
+def test_memos_load_in_one_query_and_each_new_step_costs_one_transaction():
+    # A transactional database, as a worker has: no test transaction around the run, so
+    # PostgreSQL takes its single-statement fast paths (claim, fenced memo insert) and
+    # each transaction the engine opens really commits.
+    small, large = cost_of_a_run(10), cost_of_a_run(20)
+    for cost in (small, large):
+        assert cost["memo selects"] == 1, cost  # all memos in one query
+        assert cost["savepoints"] == 0, cost  # no transaction around us to nest in
+    if connection.vendor == "postgresql":
+        # Counted by the server: the claim, the memos' load, one per new step and the end
+        # of the run; ten more steps cost exactly ten more, each one fenced statement.
+        assert large["server transactions"] - small["server transactions"] == 10, (small, large)
+        assert small["server transactions"] <= 10 + 3, small
+        assert large["statements"] - small["statements"] == 10, (small, large)
+    else:
+        # SQLite: each step's fence (UPDATE) and memo (INSERT) in one explicit transaction.
+        assert large["commits"] - small["commits"] == 10, (small, large)
+        assert small["commits"] <= 10 + 2, small
+        assert large["statements"] - small["statements"] == 20, (small, large)
 
 
 def test_failing_step_is_retried_then_succeeds():

@@ -10,17 +10,18 @@ event they replay. Each path is tried here, with rows counted to show nothing le
 import os
 import uuid
 from datetime import timedelta
-from io import StringIO
 
 import pytest
 from django.contrib.auth.models import User
-from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.urls import reverse
 from django.utils import timezone
 
 import eventbus
 from eventbus.models import Event, Workspace
+from tests.conftest import finish_run as finish
+from tests.conftest import run_command as command
+from tests.conftest import start_run as start
 from tests.conftest import wait_until
 from workflows import services, testing, workflow
 from workflows.exceptions import WrongWorkspaceError
@@ -49,18 +50,6 @@ def spaces(db):
         Workspace.objects.create(slug="alpha", name="Alpha"),
         Workspace.objects.create(slug="beta", name="Beta"),
     )
-
-
-def start(name: str, data: dict | None = None, workspace: str | None = None) -> WorkflowRun:
-    with testing.no_broker():
-        event_id = eventbus.send(name, data or {}, workspace=workspace)
-    return WorkflowRun.objects.filter(event_id=event_id).order_by("workflow_id").first()
-
-
-def finish(run: WorkflowRun) -> WorkflowRun:
-    testing.drain(skip_time=True)
-    run.refresh_from_db()
-    return run
 
 
 def slugs(queryset) -> set[str]:
@@ -104,10 +93,6 @@ def test_the_same_idempotency_key_is_independent_per_workspace(spaces):
 
 
 def test_wait_for_event_is_not_resolved_from_another_workspace(spaces):
-    from workflows.context import Step
-
-    if not hasattr(Step, "wait_for_event"):
-        pytest.skip("step.wait_for_event is not in this engine yet")
     run = start("iso/wait", {"order": 7}, workspace="alpha")
     testing.drain()
     run.refresh_from_db()
@@ -132,12 +117,6 @@ def iso_wait(ctx):
 
 
 # --- commands and services with a workspace ------------------------------------------------
-def command(*args: str) -> str:
-    out = StringIO()
-    call_command(*args, stdout=out, stderr=StringIO())
-    return out.getvalue()
-
-
 def test_send_event_and_list_runs_respect_workspace(spaces):
     command("send_event", "iso/emitted", "--workspace", "beta")
     command("send_event", "iso/emitted", "--workspace", "alpha")
@@ -174,11 +153,12 @@ def test_commands_refuse_an_id_from_another_workspace(spaces, args):
 
 def test_services_refuse_a_wrong_workspace_and_replays_stay_in_theirs(spaces):
     run = start("iso/send", workspace="alpha")
-    with pytest.raises(WrongWorkspaceError):
+    wrong = "belongs to workspace 'alpha', not 'beta'"
+    with pytest.raises(WrongWorkspaceError, match=wrong):
         services.cancel_run(run.pk, workspace="beta")
-    with pytest.raises(WrongWorkspaceError):
+    with pytest.raises(WrongWorkspaceError, match=wrong):
         services.replay_run(run.pk, workspace="beta")
-    with pytest.raises(WrongWorkspaceError):
+    with pytest.raises(WrongWorkspaceError, match=wrong):
         services.replay_event(run.event_id, workspace="beta")
     run.refresh_from_db()
     assert run.status == RunStatus.QUEUED and WorkflowRun.objects.count() == 1

@@ -7,11 +7,11 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 import eventbus
-from tests.conftest import wait_until
+from tests.conftest import all_finished, assert_no_committed_step_ran_again, wait_until
 from tests.testapp.models import LedgerEntry
 from workflows import doorbell, runstore, tasks
 from workflows.exceptions import LeaseLost, RunCancelled
-from workflows.models import TERMINAL_STATUSES, RunStatus, StepResult, WorkflowRun
+from workflows.models import RunStatus, StepResult, WorkflowRun
 from workflows.testing import no_broker
 
 
@@ -22,14 +22,6 @@ def queued_runs(name: str, count: int, data: dict) -> list[str]:
             eventbus.send(name, {**data, "i": index})
     runs = WorkflowRun.objects.order_by("created_at")
     return [str(pk) for pk in runs.values_list("pk", flat=True)]
-
-
-def all_finished(expected: int):
-    def check():
-        runs = WorkflowRun.objects.all()
-        return runs.count() >= expected and not runs.exclude(status__in=TERMINAL_STATUSES).exists()
-
-    return check
 
 
 def ledger_counts() -> Counter:
@@ -78,11 +70,7 @@ def test_sigkill_mid_batch_loses_nothing_and_repeats_no_committed_step(start_wor
     wait_until(all_finished(6), timeout=120, what="recovery after SIGKILL")
     assert set(WorkflowRun.objects.values_list("status", flat=True)) == {RunStatus.COMPLETED}
     assert StepResult.objects.filter(kind="run", status="completed").count() == 12
-    for step in StepResult.objects.filter(kind="run"):
-        later = LedgerEntry.objects.filter(
-            run_id=str(step.run_id), step=step.step_id, created_at__gt=step.finished_at
-        )
-        assert not later.exists(), f"step {step.step_id} of run {step.run_id} ran again"
+    assert_no_committed_step_ran_again()
 
 
 def memo_for(run_id: str, step_id: str) -> StepResult:

@@ -229,7 +229,7 @@ def test_pause_resume_and_trigger():
     assert not resumed.paused and resumed.next_fire_at > run.created_at  # from its next slot
     schedules.delete("ops")
     assert not Schedule.objects.filter(schedule_id="ops").exists()
-    with pytest.raises(UnknownScheduleError):
+    with pytest.raises(UnknownScheduleError, match="no schedule has the id 'ops'"):
         schedules.pause("ops")
     assert WorkflowRun.objects.count() == 1  # only the trigger
 

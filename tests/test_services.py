@@ -8,7 +8,7 @@ from django.utils import timezone
 
 import eventbus
 from eventbus.models import Event, Workspace
-from tests import admin_workflows
+from tests import admin_workflows, conftest
 from workflows import retention, services, testing
 from workflows.exceptions import (
     ConsoleError,
@@ -31,11 +31,7 @@ def _reset():
 
 def failed_flaky_run() -> WorkflowRun:
     """A run of ``adm-flaky`` that failed at its ``charge`` step."""
-    eventbus.send("adm/flaky", {"order": 7})
-    testing.drain(skip_time=True)
-    run = WorkflowRun.objects.get(workflow_id="adm-flaky")
-    assert run.status == RunStatus.FAILED
-    return run
+    return conftest.failed_run(order=7)
 
 
 def snapshot(run: WorkflowRun) -> tuple:
@@ -146,7 +142,7 @@ def test_bad_arguments_raise_clear_value_errors():
     Workspace.objects.create(slug="other")
     with pytest.raises(WrongWorkspaceError, match="belongs to workspace 'default', not 'other'"):
         services.replay_run(run.pk, workspace="other")
-    with pytest.raises(UnknownEventError):
+    with pytest.raises(UnknownEventError, match="no event has the id"):
         services.replay_event(uuid.uuid4())
     with pytest.raises(MalformedIdError, match="event id"):
         services.replay_event("123")
@@ -184,7 +180,7 @@ def test_cancel_run_cancels_active_runs_only():
     run.refresh_from_db()
     assert run.status == RunStatus.CANCELLED
     assert services.cancel_run(run.pk) is False
-    with pytest.raises(UnknownRunError):
+    with pytest.raises(UnknownRunError, match="no run has the id"):
         services.cancel_run(uuid.uuid4())
 
 

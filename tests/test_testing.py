@@ -54,3 +54,32 @@ class DrainInATransactionTestCase(TransactionTestCase):
         self.assertEqual(len(rung), 1)
         testing.drain()
         self.assertEqual(WorkflowRun.objects.get().status, RunStatus.COMPLETED)
+
+
+def test_no_broker_blocks_of_threads_that_interleave_leave_the_broker_as_it_was():
+    """Thread A enters, B enters, A leaves, B leaves: bells must reach the broker again."""
+    import threading
+
+    from workflows import doorbell
+    from workflows.testing import no_broker
+
+    entered, a_left = threading.Barrier(2), threading.Event()
+
+    def a() -> None:
+        with no_broker():
+            entered.wait(timeout=10)
+        a_left.set()
+
+    def b() -> None:
+        with no_broker() as rung:
+            entered.wait(timeout=10)
+            a_left.wait(timeout=10)
+            doorbell.ring(["00000000-0000-0000-0000-000000000001"])
+            assert rung == ["00000000-0000-0000-0000-000000000001"]
+
+    threads = [threading.Thread(target=a), threading.Thread(target=b)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert doorbell._override is None

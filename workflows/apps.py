@@ -12,11 +12,20 @@ class WorkflowsConfig(AppConfig):
 
     def ready(self) -> None:
         # Imported here, once the app registry is ready: they import models.
-        from eventbus import bus, validation
-        from workflows import checks, lifecycle, registry, signals, subscribers  # noqa: F401
+        from eventbus import bus, tracing, validation
+        from workflows import (  # noqa: F401
+            checks,
+            lifecycle,
+            registry,
+            subscribers,
+            telemetry,
+            worker_hooks,
+        )
 
         # Nobody else emits workflows/… events (no forged workflows/run.failed).
         validation.reserve_prefix(lifecycle.RESERVED_PREFIX)
+        # The spans of sends come from the "workflows" tracer, as the engine's own do.
+        tracing.use_namespace(telemetry.NAMESPACE)
         bus.subscribe(subscribers.start_runs)
         bus.subscribe(subscribers.resolve_waits)
         registry.autodiscover()

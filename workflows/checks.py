@@ -4,8 +4,9 @@ from typing import Any
 
 from django.conf import settings
 from django.core import checks
+from django.db import connections
 
-from workflows import conf, doorbell
+from workflows import conf, doorbell, registry
 
 #: RabbitMQ closes a channel whose message stays unacknowledged this long (its default).
 RABBITMQ_CONSUMER_TIMEOUT = 30 * 60
@@ -70,6 +71,45 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 "arbitrary code in the worker",
                 hint="Use CELERY_ACCEPT_CONTENT = ['json'].",
                 id="workflows.W003",
+            )
+        )
+    return messages
+
+
+@checks.register()
+def check_flow_control(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Pools whose workflows disagree on the limit; SQLite that would not order claims."""
+    messages: list[checks.CheckMessage] = []
+    pools: dict[str, dict[int, list[str]]] = {}
+    limited = False
+    for wf in registry.all_workflows():
+        for entry in wf.flow.concurrency:
+            limited = True
+            if entry.pool:
+                pools.setdefault(entry.pool, {}).setdefault(entry.limit, []).append(wf.id)
+    for pool, limits in sorted(pools.items()):
+        if len(limits) > 1:
+            said = "; ".join(
+                f"{limit} by {', '.join(ids)}" for limit, ids in sorted(limits.items())
+            )
+            messages.append(
+                checks.Warning(
+                    f"concurrency pool {pool!r} has different limits: {said}; each run "
+                    "is held to its own workflow's, so the pool has no single limit",
+                    hint="Give every workflow naming the pool the same limit.",
+                    id="workflows.W010",
+                )
+            )
+    database = connections["default"].settings_dict
+    immediate = (database.get("OPTIONS") or {}).get("transaction_mode") == "IMMEDIATE"
+    if limited and database.get("ENGINE", "").endswith("sqlite3") and not immediate:
+        messages.append(
+            checks.Warning(
+                "workflows with a concurrency limit on SQLite need transactions that take "
+                "the write lock at once: two claims could otherwise both see a free slot "
+                "or fail with 'database is locked'",
+                hint="Set DATABASES['default']['OPTIONS']['transaction_mode'] = 'IMMEDIATE'.",
+                id="workflows.W011",
             )
         )
     return messages

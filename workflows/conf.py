@@ -47,8 +47,20 @@ class WorkflowsSettings:
     #: invoked child 1, … An invoke that would go deeper fails with
     #: ``InvokeDepthExceeded`` (a workflow that invokes itself cannot run away).
     MAX_INVOKE_DEPTH: int = 50
+    #: Seconds an ``idempotency`` value keeps another event with the same value from
+    #: starting a run of the same workflow in the same workspace.
+    IDEMPOTENCY_WINDOW_SECONDS: float = 24 * 3600.0
     #: Celery queue of the engine's tasks (``None``: the app's default queue).
     QUEUE: str | None = None
+    #: Serve ``GET /metrics`` to anyone; by default only to logged-in staff.
+    METRICS_PUBLIC: bool = False
+    #: A secret that also opens ``GET /metrics`` to a request bearing it
+    #: (``Authorization: Bearer <token>``, what Prometheus' ``authorization`` sends);
+    #: empty: none does.
+    METRICS_TOKEN: str = ""
+    #: Seconds a process keeps its metric counts before adding them to the database
+    #: (a process killed loses at most this much of its counts); 0 writes at once.
+    METRICS_FLUSH_SECONDS: float = 5.0
 
 
 _KNOWN = frozenset(f.name for f in fields(WorkflowsSettings))

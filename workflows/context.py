@@ -2,6 +2,7 @@
 
 from workflows.coordination import CoordinationSteps
 from workflows.execution import Execution
+from workflows.models import BatchEvent
 from workflows.payloads import EventView
 from workflows.steps import BasicSteps
 
@@ -17,7 +18,8 @@ class Step(BasicSteps, CoordinationSteps):
 class Context:
     """The argument of a workflow function.
 
-    ``event`` (``.id``, ``.name``, ``.data``, ``.ts``), ``step``, ``run_id``,
+    ``event`` (``.id``, ``.name``, ``.data``, ``.ts``), ``events`` (the batch of a
+    ``batch_events`` workflow; else ``[event]``), ``step``, ``run_id``,
     ``attempt`` (0 on the first try of the current step), ``workspace`` (slug),
     ``logger``, and :meth:`patched` / :meth:`deprecate_patch` for changing the code
     under runs that are mid-way.
@@ -32,6 +34,7 @@ class Context:
         self.run_id = str(run.parent_id if run.is_branch else run.pk)
         self.workspace: str = run.workspace.slug
         self.logger = execution.logger
+        self._events: list[EventView] | None = None
 
     def patched(self, patch_id: str) -> bool:
         """Whether this run takes the new path of the change named ``patch_id``.
@@ -50,6 +53,19 @@ class Context:
         Deploy it once no active run took the old path (``check_workflows`` tells).
         """
         self._ex.patched(patch_id, deprecated=True)
+
+    @property
+    def events(self) -> list[EventView]:
+        """The run's events: a batch's members in arrival order, else ``[ctx.event]``.
+
+        Read from the stored batch membership (once per execution, when first used), so
+        a resumed or replayed run sees the same list.
+        """
+        if self._events is None:
+            run = self._ex.run
+            members = BatchEvent.objects.events_of(run.event_id, run.workflow_id)
+            self._events = [EventView.of(e) for e in members] if members else [self.event]
+        return self._events
 
     @property
     def attempt(self) -> int:

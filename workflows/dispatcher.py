@@ -4,7 +4,8 @@ Each pass (:func:`tick`):
 
 1. emits scheduled events whose ``ts`` has come (each exactly once);
 2. fires the schedules whose next slot has come (:mod:`workflows.firing`; the ``cron=``
-   of the registered workflows are reconciled with the database on the first pass);
+   of the registered workflows are reconciled with the database on the first pass),
+   and the debounces and batches whose timer has come (:mod:`workflows.gates`);
 3. rings for active runs whose ``due_at`` has passed: sleeps that ended, retries whose
    backoff ended, queued runs whose message was lost, running runs whose worker died
    (lease expired). Their ``due_at`` moves ``RING_TIMEOUT_SECONDS`` ahead, so a run is
@@ -23,7 +24,7 @@ import threading
 from django.db import close_old_connections, connection, transaction
 
 from eventbus import bus
-from workflows import conf, doorbell, firing, lifecycle, runstore
+from workflows import conf, doorbell, firing, gates, lifecycle, runstore
 
 logger = logging.getLogger("workflows.dispatcher")
 
@@ -41,6 +42,12 @@ def tick() -> dict[str, int]:
     fired = 0
     while True:
         count = firing.fire_due(settings.DISPATCH_BATCH)
+        fired += count
+        if count < settings.DISPATCH_BATCH:
+            break
+    # Debounces and batches whose timer has come (workflows.gates): their runs start.
+    while True:
+        count = gates.fire_due(settings.DISPATCH_BATCH)
         fired += count
         if count < settings.DISPATCH_BATCH:
             break

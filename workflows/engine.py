@@ -23,7 +23,7 @@ from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
 from eventbus import bus
-from workflows import conf, heartbeat, lifecycle, registry, runstore
+from workflows import conf, heartbeat, lifecycle, registry, runstore, telemetry
 from workflows.context import Context
 from workflows.exceptions import (
     BranchDone,
@@ -50,9 +50,19 @@ def execute(run_id: Any, *, keep_lease_alive: bool = False) -> str:
     registered here).
     """
     token = uuid.uuid4().hex
+    before = timezone.now()
     run = runstore.claim(run_id, token)
     if run is None:
         return "skipped"
+    if run.started_at is not None and run.started_at >= before:
+        telemetry.run_started(run)  # this claim began the run
+    with telemetry.run_span(run) as span:
+        result = _execute(run, token, keep_lease_alive)
+        telemetry.outcome(span, result)
+    return result
+
+
+def _execute(run: WorkflowRun, token: str, keep_lease_alive: bool) -> str:
     try:
         wf = registry.get(run.workflow_id)
     except UnknownWorkflowError:
@@ -63,6 +73,7 @@ def execute(run_id: Any, *, keep_lease_alive: bool = False) -> str:
             run.pk,
             run.workflow_id,
             delay,
+            extra=telemetry.log_fields(run),
         )
         runstore.release_for_retry(run.pk, token, timezone.now() + timedelta(seconds=delay))
         return "deferred"
@@ -147,6 +158,7 @@ def _fail(execution: Execution, exc: BaseException) -> str:
             execution.run.pk,
             execution.workflow.id,
             error["message"],
+            extra=telemetry.log_fields(execution.run, step_id),
         )
         return "failed"
     return "cancelled"
@@ -156,7 +168,11 @@ def _pause(execution: Execution, exc: NonDeterminismError, error: dict[str, Any]
     error.update(recorded=exc.recorded, called=exc.called)
     if runstore.pause(execution.run.pk, execution.token, error):
         logger.warning(
-            "run %s of %r paused: %s", execution.run.pk, execution.workflow.id, error["message"]
+            "run %s of %r paused: %s",
+            execution.run.pk,
+            execution.workflow.id,
+            error["message"],
+            extra=telemetry.log_fields(execution.run, error.get("step_id")),
         )
         return "paused"
     return "cancelled"

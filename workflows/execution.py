@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,7 +24,7 @@ from django.db.models import Case, F, JSONField, Value, When
 from django.utils import timezone
 
 from eventbus import validation
-from workflows import conf, doorbell, memo, registry, runstore
+from workflows import conf, doorbell, memo, registry, runstore, telemetry
 from workflows.exceptions import (
     EngineInterrupt,
     NestedStepError,
@@ -35,11 +36,14 @@ from workflows.models import StepKind, StepResult, StepStatus, WorkflowRun
 
 
 class RunLogger(logging.LoggerAdapter):
-    """Prefixes every message with the workflow and run it comes from."""
+    """Prefixes every message with the workflow and run it comes from, and gives every
+    record ``run_id``, ``workflow_id`` and (once the workflow reached a step) ``step_id``
+    as ``extra`` fields, for a JSON log formatter."""
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        """Prefix ``msg`` with ``[workflow_id run_id]``."""
+        """Prefix ``msg`` with ``[workflow_id run_id]``; add the run's fields to ``extra``."""
         extra = self.extra or {}
+        kwargs["extra"] = {**extra, **(kwargs.get("extra") or {})}
         return f"[{extra.get('workflow_id')} {extra.get('run_id')}] {msg}", kwargs
 
 
@@ -129,10 +133,11 @@ class Execution:
         #: crashed or out of memory): the first step this execution records is where they
         #: were lost, and a step body counts each as one of its tries.
         self.lost = run.lost_executions
-        self.logger = RunLogger(
-            logging.getLogger("workflows.run"),
-            {"run_id": str(run.pk), "workflow_id": run.workflow_id},
-        )
+        self.logger = RunLogger(logging.getLogger("workflows.run"), telemetry.log_fields(run))
+        #: ``time.monotonic()`` when the latest step call began, and how long the latest
+        #: try of a step's function took (for spans and ``workflows_step_duration_seconds``).
+        self._began = 0.0
+        self._try_seconds: float | None = None
 
     # --- beginning a step -----------------------------------------------------------
     def begin(self, call: str, step_id: Any, kind: str) -> tuple[str, int, StepResult | None]:
@@ -149,6 +154,8 @@ class Execution:
                 "workflow function"
             )
         memo.check_step_id(step_id, call)
+        self.logger.extra["step_id"] = step_id  # the step the workflow is in
+        self._began = time.monotonic()
         key, position = self._counter.next(step_id)
         stored = self._memos.get(key)
         if (
@@ -288,10 +295,12 @@ class Execution:
         """While a step's function runs: ``ctx.attempt`` is ``attempt``; no step may nest."""
         self.attempt = attempt
         self._in_step = step_id
+        started = time.monotonic()
         try:
             yield
         finally:
             self._in_step = None
+            self._try_seconds = time.monotonic() - started
 
     # --- recording ------------------------------------------------------------------
     def new_memo(
@@ -333,8 +342,20 @@ class Execution:
         )
         self.lost = 0
         self.remember(row)
+        self._recorded(row)
         if suspend is not None:
             doorbell.ring_on_commit([self.run.pk], at=suspend[1])
+
+    def _recorded(self, row: StepResult) -> None:
+        """A step's execution ended with ``row`` saved: its span, signal and counts."""
+        now = time.monotonic()
+        if row.kind == StepKind.RUN and self._try_seconds is not None:
+            seconds = self._try_seconds  # its span is step.run's own (steps.run_body)
+        else:
+            seconds = now - self._began
+            telemetry.recorded_span(row, time.time_ns() - int(seconds * 1e9))
+        self._try_seconds = None
+        telemetry.step_recorded(self.run, row, seconds)
 
     def remember(self, row: StepResult) -> None:
         """Use ``row`` as the step's memo for the rest of this execution."""

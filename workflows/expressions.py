@@ -15,6 +15,7 @@ import functools
 import json
 import logging
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,9 @@ class Expression:
 
     def evaluate(self, event: dict[str, Any], workspace: str) -> Any:
         """The expression's value for ``event``; raises :class:`EvaluationError`."""
+        path = _path(self.source)
+        if path is not None:
+            return _walk(path, event, workspace)
         program = _program(self.source)
         try:
             result = program.evaluate(
@@ -111,6 +115,38 @@ _env = celpy.Environment()
 @functools.lru_cache(maxsize=512)
 def _program(source: str) -> Any:
     return _env.program(_env.compile(source))
+
+
+_PATH_RE = re.compile(r"^\s*(event(\.[A-Za-z_][A-Za-z0-9_]*)+|workspace)\s*$")
+
+
+@functools.lru_cache(maxsize=512)
+def _path(source: str) -> tuple[str, ...] | None:
+    """A plain field path (``event.data.accountId``, ``workspace``), or ``None``.
+
+    Keys are evaluated on every event that may start a run: walking the event's dict
+    gives the value CEL would (the same JSON value, the same error for a missing field),
+    without the interpreter's cost, which is as much as a database statement.
+    """
+    if not _PATH_RE.match(source) or source.strip() in _CEL_WORDS:
+        return None
+    return tuple(source.strip().split("."))
+
+
+_CEL_WORDS = frozenset({"true", "false", "null"})
+
+
+def _walk(path: tuple[str, ...], event: dict[str, Any], workspace: str) -> Any:
+    if path == ("workspace",):
+        return workspace
+    value: Any = event
+    for name in path[1:]:
+        if not isinstance(value, dict):
+            raise EvaluationError(f"no such member {name!r}: {type(value).__name__} has none")
+        if name not in value:
+            raise EvaluationError(f"no such member in mapping: {name!r}")
+        value = value[name]
+    return value
 
 
 def _plain(value: Any) -> Any:

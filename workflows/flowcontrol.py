@@ -28,13 +28,15 @@ class Concurrency:
     """One ``concurrency`` entry: at most ``limit`` runs of its scope execute at once."""
 
     limit: int
+    #: Whose limit it is: ``pool:<name>``, ``wf:<workflow id>``, or ``wf:<id>#2`` for
+    #: a second keyed entry of the workflow (so that its groups never meet the first's).
+    owner: str
     key: expressions.Expression | None = None
     pool: str | None = None
 
-    def scope(self, workflow_id: str, key: str) -> str:
-        """The text that names one group of this limit (stored on the run)."""
-        owner = f"pool:{self.pool}" if self.pool else f"wf:{workflow_id}"
-        return f"{owner}:{key}" if self.key is not None else owner
+    def group(self, key: str) -> str:
+        """The text that names the group of runs with key value ``key``."""
+        return f"{self.owner}:{key}" if self.key is not None else self.owner
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,7 @@ def keys_for(
     if not flow:
         return RunKeys()
     slots = tuple(
-        entry.scope(workflow_id, entry.key.key(event, workspace, run=run) if entry.key else "")
+        entry.group(entry.key.key(event, workspace, run=run) if entry.key else "")
         for entry in flow.concurrency
     )
     throttle = None
@@ -130,7 +132,7 @@ def _concurrency(id: str, value: Any) -> tuple[Concurrency, ...]:
     if value is None:
         return ()
     if isinstance(value, int) and not isinstance(value, bool):
-        return (Concurrency(limit=_limit(value, where)),)
+        return (Concurrency(limit=_limit(value, where), owner=f"wf:{id}"),)
     entries = [value] if isinstance(value, dict) else value
     if not isinstance(entries, list | tuple) or not entries:
         raise ValueError(
@@ -165,16 +167,24 @@ def _concurrency(id: str, value: Any) -> tuple[Concurrency, ...]:
                 f"without ':', got {pool!r}"
             )
         key = entry.get("key")
+        owner = f"pool:{pool}" if pool else f"wf:{id}"
+        keyed = [p for p in parsed if p.owner == owner and p.key is not None]
+        if not pool and key is not None and keyed:
+            owner += "#2"
         parsed.append(
             Concurrency(
                 limit=_limit(entry["limit"], at),
                 key=None if key is None else expressions.compile(key, f"{at} key"),
                 pool=pool,
+                owner=owner,
             )
         )
-    scopes = [(entry.pool, entry.key.source if entry.key else None) for entry in parsed]
+    scopes = [(entry.owner, entry.key is None) for entry in parsed]
     if len(set(scopes)) != len(scopes):
-        raise ValueError(f"{where}: two entries limit the same group; merge them into one")
+        raise ValueError(
+            f"{where}: both entries limit the same groups (the same pool, or the whole "
+            "workflow, each without a key); merge them into one"
+        )
     return tuple(parsed)
 
 

@@ -25,6 +25,7 @@ either.
 import logging
 import uuid
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
@@ -33,7 +34,7 @@ from django.utils import timezone
 from eventbus import bus, validation
 from eventbus.exceptions import EventError
 from eventbus.models import Event, EventStatus
-from workflows import doorbell, registry, runstore, waits
+from workflows import doorbell, flowcontrol, registry, runstore, slots, telemetry, waits
 from workflows.exceptions import UnknownWorkflowError
 from workflows.models import ACTIVE_STATUSES, RunStatus, Wait, WorkflowRun
 from workflows.payloads import event_dict
@@ -57,17 +58,31 @@ def new_run(
     now: Any = None,
     **fields: Any,
 ) -> WorkflowRun:
-    """An unsaved queued run of ``wf`` for ``event``, with its start timeout and the
-    workflow's current version label set.
+    """An unsaved queued run of ``wf`` for ``event``, with its start timeout, the
+    workflow's current version label and its flow-control keys set.
 
     A branch of ``step.parallel`` (``branch_index`` given) has no timeout of its own:
-    its parent's apply.
+    its parent's apply. The keys (concurrency groups, throttle key, priority) are
+    evaluated here, once: new code never moves an existing run to another group.
     """
     now = now or timezone.now()
     start = wf.timeouts.start
     fields.setdefault("id", uuid.uuid4())
     fields.setdefault("is_replay", fields.get("replay_of") is not None)
     branch = fields.get("branch_index") is not None
+    if wf.flow:
+        keys = flowcontrol.keys_for(
+            wf.flow, wf.id, event_dict(event), event.workspace.slug, run=fields["id"]
+        )
+        fields.update(
+            slot_1=keys.slots[0] if keys.slots else "",
+            slot_2=keys.slots[1] if len(keys.slots) > 1 else "",
+            throttle_key=keys.throttle or "",
+            priority=keys.priority,
+            order_at=now - timedelta(seconds=keys.priority),
+        )
+    else:
+        fields.setdefault("order_at", now)
     return WorkflowRun(
         workspace_id=event.workspace_id,
         workflow_id=wf.id,
@@ -89,9 +104,11 @@ def start(
     In the caller's transaction: the runs are stored, the ``cancel_on`` waits of each
     (branches aside) are recorded, and a worker is rung for them once it commits. With
     ``skip_repeats``, a run its event already started (a repeated or racing delivery)
-    is not stored again; ringing for it is then a no-op.
+    is not stored again; ringing for it is then a no-op. A run whose concurrency group
+    is full (or has a line) is stored waiting for a slot and not rung.
     """
     pairs = list(runs)
+    held = slots.line_up([run for run, _ in pairs], timezone.now())
     runstore.insert([run for run, _ in pairs], skip_repeats=skip_repeats)
     ruled = [(run, wf) for run, wf in pairs if wf.cancel_on and not run.is_branch]
     if ruled and skip_repeats:
@@ -100,12 +117,13 @@ def start(
         ruled = [(run, wf) for run, wf in ruled if run.pk in stored]
     if ruled:
         waits.cancel_waits_for(ruled)
-    doorbell.ring_on_commit(run.pk for run, _ in pairs)
+    doorbell.ring_on_commit(run.pk for run, _ in pairs if run.pk not in held)
     return [run for run, _ in pairs]
 
 
 def ended(run: WorkflowRun) -> None:
     """In the transaction that ended ``run`` (its status, output and error are set)."""
+    telemetry.run_ended(run)  # counted and signalled once this commits
     wf = _registered(run.workflow_id)
     if run.status == RunStatus.CANCELLED or wf is None or wf.cancel_on:
         # A run that completed or failed is past its waits, except its cancel_on ones.
@@ -185,7 +203,7 @@ def cancel(run_id: Any, *, reason: str = "cancelled") -> bool:
             return False
         run = WorkflowRun.objects.select_related("event", "workspace").get(pk=run_id)
         ended(run)
-    logger.info("run %s cancelled: %s", run_id, reason)
+    logger.info("run %s cancelled: %s", run_id, reason, extra=telemetry.log_fields(run))
     return True
 
 

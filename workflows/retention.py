@@ -12,7 +12,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from eventbus.models import Event
-from workflows import services
+from workflows import gates, services
 from workflows.exceptions import ConsoleError
 from workflows.models import TERMINAL_STATUSES, RunStatus, WorkflowRun
 
@@ -58,7 +58,7 @@ def purge_runs(
     Each batch reads at most ``batch_size`` ids and deletes them in its own transaction,
     so the table is never loaded into memory and locks stay short. Events are kept (they
     are the history of what happened); their ``source_run_id`` and ``source_step_id``
-    become empty.
+    become empty. Expired ``idempotency`` values are deleted at the end.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConsoleError(f"batch_size must be a whole number of 1 or more, got {batch_size!r}")
@@ -67,6 +67,9 @@ def purge_runs(
     while True:
         batch = list(runs.order_by("created_at").values_list("pk", flat=True)[:batch_size])
         if not batch:
+            # Expired idempotency values go too (they no longer hold anything back).
+            while gates.purge_idempotency(batch_size):
+                pass
             return
         with transaction.atomic():
             # A run that was replayed or invoked keeps its replays and children: their

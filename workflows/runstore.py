@@ -31,7 +31,7 @@ from django.db.models import Case, F, PositiveIntegerField, Q, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from workflows import conf, models, runstore_pg
+from workflows import conf, models, runstore_pg, slots
 from workflows.exceptions import LeaseLost, RunCancelled, error_record
 from workflows.models import ACTIVE_STATUSES, RunStatus, StepResult, StepStatus, WorkflowRun
 
@@ -39,6 +39,9 @@ from workflows.models import ACTIVE_STATUSES, RunStatus, StepResult, StepStatus,
 _held: dict[str, float] = {}
 #: Forget every token past this many (a token left behind only costs a slow path).
 _HELD_MAX = 10_000
+#: The concurrency groups of the runs this process holds, by lease token: whoever
+#: releases such a run hands its slots on (see :mod:`workflows.slots`).
+_groups: dict[str, tuple[str, str]] = {}
 
 
 def _lease_until(now: datetime) -> datetime:
@@ -85,9 +88,10 @@ def take_due(limit: int) -> list[Any]:
 
     Their ``due_at`` moves ``RING_TIMEOUT_SECONDS`` ahead, so they are rung again only
     if this bell goes unanswered too. Rows locked by another dispatcher are skipped.
+    The runs come in line order (``order_at``: creation time less the priority).
     """
     now = timezone.now()
-    due = WorkflowRun.objects.due(now).order_by("due_at")
+    due = WorkflowRun.objects.due(now).order_by("order_at")
     if connection.features.has_select_for_update_skip_locked:
         due = due.select_for_update(skip_locked=True)
     ids = list(due.values_list("pk", flat=True)[:limit])
@@ -98,26 +102,73 @@ def take_due(limit: int) -> list[Any]:
 
 # --- claiming and the lease -----------------------------------------------------------
 def claim(run_id: Any, token: str) -> WorkflowRun | None:
-    """Take the run if it may run now; return it, or ``None`` if it is not ours to run."""
+    """Take the run if it may run now; return it, or ``None`` if it is not ours to run.
+
+    A run that flow control may hold back (a concurrency group, a first start under a
+    throttle) is claimed in a transaction that takes its groups' locks and asks
+    :mod:`workflows.slots`; one that may not start is put back in line there.
+    """
     now = timezone.now()
     lease = _lease_until(now)
     if connection.vendor == "postgresql":
-        run = runstore_pg.claim(run_id, token, now, lease)
+        found = runstore_pg.claim(run_id, token, now, lease)
+        run = found if not isinstance(found, dict) else _claim_shaped(found, token, now, lease)
     else:
-        run = _claim_portable(run_id, token, now, lease)
+        run = _claim_portable(run_id, token, now, lease, models.unshaped(now))
+        if run is None:
+            shaped = (
+                WorkflowRun.objects.filter(Q(pk=run_id) & models.runnable(now))
+                .exclude(models.unshaped(now))
+                .values("id", *slots.FIELDS)
+                .first()
+            )
+            run = None if shaped is None else _claim_shaped(shaped, token, now, lease)
     if run is not None:
         _hold(token)
+        if run.slot_1:
+            if len(_groups) >= _HELD_MAX:
+                _groups.clear()
+            _groups[token] = (run.slot_1, run.slot_2)
     return run
 
 
-def _claim_portable(run_id: Any, token: str, now: datetime, lease: datetime) -> WorkflowRun | None:
+def _claim_shaped(
+    shaped: dict[str, Any], token: str, now: datetime, lease: datetime
+) -> WorkflowRun | None:
+    """Claim a runnable run that flow control may hold back, or put it back in line."""
+    run_id = shaped["id"]
+    postgres = connection.vendor == "postgresql"
     with transaction.atomic():
-        claimed = WorkflowRun.objects.filter(Q(pk=run_id) & models.runnable(now)).update(
+        held = slots.throttled(run_id, shaped, now, relax=postgres)
+        if held is None:
+            limits = slots.limits_of(shaped["workflow_id"], (shaped["slot_1"], shaped["slot_2"]))
+            slots.lock([group for group, _ in limits], relax=postgres)
+            if postgres:
+                # The count of each group and the claim in one statement, under the locks.
+                run = runstore_pg.claim_admitted(run_id, token, now, lease, limits)
+                if run is not None:
+                    return run
+            held = slots.full(run_id, limits, now)
+            if held is None:
+                # Room everywhere: on PostgreSQL the run was no longer runnable.
+                return None if postgres else _claim_portable(run_id, token, now, lease, Q())
+        slots.hold(run_id, shaped, held, now)
+        return None
+
+
+def _claim_portable(
+    run_id: Any, token: str, now: datetime, lease: datetime, condition: Q
+) -> WorkflowRun | None:
+    with transaction.atomic():
+        claimed = WorkflowRun.objects.filter(
+            Q(pk=run_id) & models.runnable(now) & condition
+        ).update(
             status=RunStatus.RUNNING,
             lease_owner=token,
             lease_expires_at=lease,
             due_at=lease,
             wake_at=None,
+            held_by="",
             started_at=Coalesce("started_at", now),
             # Taking over from an expired lease: the execution before was lost.
             lost_executions=Case(
@@ -135,6 +186,24 @@ def _claim_portable(run_id: Any, token: str, now: datetime, lease: datetime) -> 
     return WorkflowRun.objects.select_related("event", "workspace").get(pk=run_id)
 
 
+def _let_go(token: str) -> None:
+    """The run of ``token`` no longer executes here: forget it, and hand on its slots.
+
+    Call it after the statement that released the run, in its transaction (the bell
+    rings once that commits).
+    """
+    _held.pop(token, None)
+    groups = _groups.pop(token, None)
+    if groups is not None:
+        slots.hand_over(groups)
+
+
+def _forget(token: str) -> None:
+    """The run of ``token`` is no longer ours (taken over or cancelled): forget it."""
+    _held.pop(token, None)
+    _groups.pop(token, None)
+
+
 def renew(run_id: Any, token: str) -> bool:
     """Extend the lease; ``False`` if the run is no longer ours or no longer running."""
     lease = _lease_until(timezone.now())
@@ -146,7 +215,7 @@ def renew(run_id: Any, token: str) -> bool:
     if renewed:
         _hold(token)
     else:
-        _held.pop(token, None)
+        _forget(token)
     return renewed
 
 
@@ -220,9 +289,10 @@ def save_step(
             attempt = memo.attempt if status == RunStatus.QUEUED else 0
             _release(run_id, token, status, wake_at, due_at, attempt)
     if cancelled:
+        _forget(token)
         raise RunCancelled()
     if suspend is not None:
-        _held.pop(token, None)
+        _let_go(token)
 
 
 # --- leaving the worker -----------------------------------------------------------------
@@ -262,9 +332,10 @@ def suspend(
     Raises :class:`RunCancelled` or :class:`LeaseLost` when the run is no longer ours.
     """
     released = _release(run_id, token, status, wake_at, due_at)
-    _held.pop(token, None)
     if not released:
+        _forget(token)
         _fence(run_id, token)  # raises RunCancelled or LeaseLost
+    _let_go(token)
 
 
 def wake(run_ids: Iterable[Any]) -> list[Any]:
@@ -281,7 +352,6 @@ def wake(run_ids: Iterable[Any]) -> list[Any]:
 
 def release_for_retry(run_id: Any, token: str, at: datetime) -> None:
     """Give the run back to the queue without recording anything (e.g. a lost broker)."""
-    _held.pop(token, None)
     WorkflowRun.objects.filter(pk=run_id, lease_owner=token, status=RunStatus.RUNNING).update(
         status=RunStatus.QUEUED,
         wake_at=at,
@@ -289,6 +359,7 @@ def release_for_retry(run_id: Any, token: str, at: datetime) -> None:
         lease_owner=None,
         lease_expires_at=None,
     )
+    _let_go(token)
 
 
 # --- ending ---------------------------------------------------------------------------
@@ -302,21 +373,28 @@ def finish(run_id: Any, token: str, status: str, *, output: Any = None, error: A
     if status not in (RunStatus.COMPLETED, RunStatus.FAILED):
         raise ValueError(f"a run finishes completed or failed, not {status!r}")
     now = timezone.now()
-    _held.pop(token, None)
     if connection.vendor == "postgresql":
-        return runstore_pg.finish(run_id, token, status, output, error, now)
-    return bool(
-        WorkflowRun.objects.filter(pk=run_id, lease_owner=token, status=RunStatus.RUNNING).update(
-            status=status,
-            output=output,
-            error=error,
-            finished_at=now,
-            lease_owner=None,
-            lease_expires_at=None,
-            due_at=None,
-            wake_at=None,
+        ended = runstore_pg.finish(run_id, token, status, output, error, now)
+    else:
+        ended = bool(
+            WorkflowRun.objects.filter(
+                pk=run_id, lease_owner=token, status=RunStatus.RUNNING
+            ).update(
+                status=status,
+                output=output,
+                error=error,
+                finished_at=now,
+                lease_owner=None,
+                lease_expires_at=None,
+                due_at=None,
+                wake_at=None,
+            )
         )
-    )
+    if ended:
+        _let_go(token)
+    else:
+        _forget(token)
+    return ended
 
 
 def pause(run_id: Any, token: str, error: Any) -> bool:
@@ -326,8 +404,7 @@ def pause(run_id: Any, token: str, error: Any) -> bool:
     The worker is released and nothing rings for the run (no ``due_at``, no
     ``wake_at``) until :func:`resume`; ``error`` says where the code and the record part.
     """
-    _held.pop(token, None)
-    return bool(
+    paused = bool(
         WorkflowRun.objects.filter(pk=run_id, lease_owner=token, status=RunStatus.RUNNING).update(
             status=RunStatus.PAUSED,
             error=error,
@@ -337,6 +414,11 @@ def pause(run_id: Any, token: str, error: Any) -> bool:
             wake_at=None,
         )
     )
+    if paused:
+        _let_go(token)
+    else:
+        _forget(token)
+    return paused
 
 
 def resume(run_id: Any) -> bool:
@@ -356,9 +438,10 @@ def cancel(run_id: Any, *, reason: str = "cancelled") -> bool:
     """Cancel an active run; ``False`` if it had already finished.
 
     The lease owner is kept, so a worker in the middle of a step still records that
-    step's outcome before it stops.
+    step's outcome before it stops. A run that held concurrency slots hands them on.
     """
-    return bool(
+    groups = WorkflowRun.objects.filter(pk=run_id).values_list("slot_1", "slot_2").first()
+    cancelled = bool(
         WorkflowRun.objects.filter(pk=run_id, status__in=ACTIVE_STATUSES).update(
             status=RunStatus.CANCELLED,
             finished_at=timezone.now(),
@@ -367,3 +450,6 @@ def cancel(run_id: Any, *, reason: str = "cancelled") -> bool:
             error=error_record("Cancelled", reason),
         )
     )
+    if cancelled and groups is not None and groups[0]:
+        slots.hand_over(groups)
+    return cancelled

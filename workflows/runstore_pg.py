@@ -28,6 +28,12 @@ RELAXED = "SET LOCAL synchronous_commit TO OFF; "
 _NOW_MARK = datetime(1970, 1, 1, 0, 0, 0, 424242, tzinfo=UTC)
 
 
+def relax() -> None:
+    """In a transaction: let it commit without waiting for the disk (see ``RELAXED``)."""
+    with connection.cursor() as cursor:
+        cursor.execute(RELAXED.rstrip("; "))
+
+
 def past_relaxed(cursor: Any) -> None:
     """Move to the result of the statement after ``RELAXED`` (psycopg 2 is there)."""
     from django.db.backends.postgresql.psycopg_any import is_psycopg3  # PostgreSQL only
@@ -81,22 +87,67 @@ def _compiled_condition(condition: Any) -> tuple[str, dict[str, Any]]:
     return "".join(out), constants
 
 
-_claim_sql: tuple[str, dict[str, Any], Any, Any, Any] | None = None
+_claim_sql: dict[str, tuple[str, dict[str, Any], Any, Any, Any]] = {}
+
+#: How a claim of a run in a concurrency group checks one group's room: its running
+#: runs with a live lease, other than this one, must be fewer than the limit. Counted by
+#: the claim statement itself, after the caller took the group's lock, so the count
+#: sees every claim of the group that committed before.
+_ROOM = """(%(g{n})s = '' OR (
+    SELECT count(*) FROM "{runs}" AS r
+    WHERE (r.slot_1 = %(g{n})s OR r.slot_2 = %(g{n})s) AND r.status = '{running}'
+        AND r.lease_expires_at >= %(now)s AND r.id <> %(id)s
+) < %(l{n})s)"""
 
 
-def _claim_statement() -> tuple[str, dict[str, Any], Any, Any, Any]:
-    """Claim the run, close the sleeps that ended, read run, event and workspace."""
-    global _claim_sql
-    if _claim_sql is None:
+def _claim_statement(kind: str) -> tuple[str, dict[str, Any], Any, Any, Any]:
+    """Claim the run, close the sleeps that ended, read run, event and workspace.
+
+    ``"free"``: only a run no flow control may hold back
+    (:func:`workflows.models.unshaped`); for any other runnable run it returns the run's
+    row alone, flagged, so the caller learns its groups without another query.
+    ``"admitted"``: a run in concurrency groups, if each has room (see ``_ROOM``).
+    """
+    if kind not in _claim_sql:
         event_model = WorkflowRun._meta.get_field("event").related_model
         workspace_model = WorkflowRun._meta.get_field("workspace").related_model
         runs = WorkflowRun._meta.db_table
-        runnable, constants = _compiled_condition(models.runnable)
+        if kind == "free":
+            condition = lambda now: models.runnable(now) & models.unshaped(now)  # noqa: E731
+        else:
+            condition = models.runnable
+        runnable, constants = _compiled_condition(condition)
+        if kind == "admitted":
+            room = " AND ".join(
+                _ROOM.format(n=n, runs=runs, running=RunStatus.RUNNING) for n in (1, 2)
+            )
+            runnable = f"({runnable}) AND {room}"
+        shaped = ""
+        if kind == "free":
+            held_back, held_constants = _compiled_condition(
+                lambda now: models.runnable(now) & ~models.unshaped(now)
+            )
+            # The two conditions were compiled apart: keep their constants apart too.
+            held_back = held_back.replace("%(c", "%(h")
+            constants.update({"h" + key[1:]: value for key, value in held_constants.items()})
+            blanks = ", ".join(
+                ["NULL"]
+                * (
+                    len(event_model._meta.concrete_fields)
+                    + len(workspace_model._meta.concrete_fields)
+                )
+            )
+            shaped = f"""
+        UNION ALL
+        SELECT false, {_columns(WorkflowRun, f'"{runs}"')}, {blanks}
+        FROM "{runs}"
+        WHERE "{runs}".id = %(id)s AND NOT EXISTS (SELECT 1 FROM claimed) AND ({held_back})
+        """
         sql = f"""
         WITH claimed AS (
             UPDATE "{runs}"
             SET status = '{RunStatus.RUNNING}', lease_owner = %(token)s,
-                lease_expires_at = %(lease)s, due_at = %(lease)s, wake_at = NULL,
+                lease_expires_at = %(lease)s, due_at = %(lease)s, wake_at = NULL, held_by = '',
                 started_at = COALESCE("{runs}".started_at, %(now)s),
                 lost_executions = "{runs}".lost_executions
                     + CASE WHEN "{runs}".status = '{RunStatus.RUNNING}' THEN 1 ELSE 0 END
@@ -112,25 +163,27 @@ def _claim_statement() -> tuple[str, dict[str, Any], Any, Any, Any]:
                 WHERE NOT (old_status = '{RunStatus.QUEUED}' AND old_started IS NULL)
             ) AND status = '{StepStatus.SLEEPING}' AND wake_at <= %(now)s
         )
-        SELECT {_columns(WorkflowRun, "claimed")}, {_columns(event_model, "e")},
+        SELECT true, {_columns(WorkflowRun, "claimed")}, {_columns(event_model, "e")},
             {_columns(workspace_model, "w")}
         FROM claimed
         JOIN "{event_model._meta.db_table}" AS e ON e.id = claimed.event_id
         JOIN "{workspace_model._meta.db_table}" AS w ON w.id = claimed.workspace_id
-        """
-        _claim_sql = (
+        {shaped}"""
+        _claim_sql[kind] = (
             sql,
             constants,
             _loader(WorkflowRun),
             _loader(event_model),
             _loader(workspace_model),
         )
-    return _claim_sql
+    return _claim_sql[kind]
 
 
-def claim(run_id: Any, token: str, now: datetime, lease: datetime) -> WorkflowRun | None:
-    """The claim as one statement; the run with its event and workspace, or ``None``."""
-    sql, constants, load_run, load_event, load_workspace = _claim_statement()
+def claim(run_id: Any, token: str, now: datetime, lease: datetime) -> WorkflowRun | dict | None:
+    """The claim as one statement: the run with its event and workspace; for a runnable
+    run that flow control may hold back, a dict of its fields instead (not claimed);
+    ``None`` if the run is not runnable."""
+    sql, constants, load_run, load_event, load_workspace = _claim_statement("free")
     params = {**constants, "id": run_id, "token": token, "now": now, "lease": lease}
     with connection.cursor() as cursor:
         if not connection.in_atomic_block:
@@ -141,6 +194,32 @@ def claim(run_id: Any, token: str, now: datetime, lease: datetime) -> WorkflowRu
         row = cursor.fetchone()
     if row is None:
         return None
+    if not row[0]:
+        held_back = load_run(row[1 : 1 + len(WorkflowRun._meta.concrete_fields)])
+        return {f.attname: getattr(held_back, f.attname) for f in WorkflowRun._meta.concrete_fields}
+    return _loaded(row[1:], load_run, load_event, load_workspace)
+
+
+def claim_admitted(
+    run_id: Any, token: str, now: datetime, lease: datetime, limits: list[tuple[str, int]]
+) -> WorkflowRun | None:
+    """Inside the transaction that holds the groups' locks: claim a run in concurrency
+    groups if each of ``limits`` (group, limit) has room; ``None`` if not (or if the
+    run is not runnable)."""
+    sql, constants, load_run, load_event, load_workspace = _claim_statement("admitted")
+    (g1, l1), (g2, l2) = (list(limits) + [("", 0), ("", 0)])[:2]
+    params = {
+        **constants,
+        **{"id": run_id, "token": token, "now": now, "lease": lease},
+        **{"g1": g1, "l1": l1, "g2": g2, "l2": l2},
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    return None if row is None else _loaded(row[1:], load_run, load_event, load_workspace)
+
+
+def _loaded(row: tuple, load_run: Any, load_event: Any, load_workspace: Any) -> WorkflowRun:
     n_run = len(WorkflowRun._meta.concrete_fields)
     n_event = len(WorkflowRun._meta.get_field("event").related_model._meta.concrete_fields)
     run = load_run(row[:n_run])

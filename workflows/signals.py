@@ -1,46 +1,25 @@
-"""Celery worker hooks: start the in-worker dispatcher and the lease keeper when the
-worker is ready, and stop them at shutdown."""
+"""Django signals of a run's life, for code of the project that wants to hear of it.
 
-import logging
-from typing import Any
+Each is sent once per event of the run's life, after the transaction that recorded it
+commits, with the workflow id as ``sender`` and the run as ``run``. A receiver that
+raises is logged (logger ``workflows.signals``) and never breaks the run. Branch runs
+of ``step.parallel`` send no ``run_started``/``run_finished`` (their parent does).
 
-from celery.signals import worker_ready, worker_shutdown
+- ``run_started(sender, run)``: the run's first execution began;
+- ``run_finished(sender, run)``: it completed, failed or was cancelled (``run.status``);
+- ``step_finished(sender, run, step)``: one execution of a step ended and its memo
+  (``step``, a :class:`~workflows.models.StepResult`) was recorded: a try of
+  ``step.run`` (``completed``, ``failed`` or ``retrying``), a sleep, wait or invoke
+  recorded (``sleeping``, ``waiting``), an event sent.
+"""
 
-from workflows import conf, dispatcher, leasekeeper
+from django.dispatch import Signal
 
-logger = logging.getLogger("workflows.signals")
-_thread = None
-_keeper: leasekeeper.Keeper | None = None
+#: A run's first execution began. Kwargs: ``run``.
+run_started = Signal()
+#: A run completed, failed or was cancelled. Kwargs: ``run``.
+run_finished = Signal()
+#: A step's execution ended and its memo was recorded. Kwargs: ``run``, ``step``.
+step_finished = Signal()
 
-
-@worker_ready.connect
-def start_dispatcher(**_: Any) -> None:
-    """In the worker's main process: start the lease keeper, and a dispatcher thread
-    (unless ``DISPATCHER_IN_WORKER`` is off)."""
-    global _thread, _keeper
-    if _keeper is None:
-        # Renews the leases of the pool's children from this process (see leasekeeper).
-        try:
-            _keeper = leasekeeper.Keeper()
-        except OSError:
-            logger.warning("no lease keeper: could not bind its socket", exc_info=True)
-        else:
-            _keeper.start()
-    if not conf.get().DISPATCHER_IN_WORKER or _thread is not None:
-        return
-    _thread = dispatcher.DispatcherThread()
-    _thread.start()
-
-
-@worker_shutdown.connect
-def stop_dispatcher(**_: Any) -> None:
-    """Stop the dispatcher thread when the worker shuts down."""
-    global _thread, _keeper
-    if _thread is not None:
-        _thread.stop()
-        _thread.join(timeout=5)
-        _thread = None
-    if _keeper is not None:
-        _keeper.stop()
-        _keeper.join(timeout=5)
-        _keeper = None
+__all__ = ["run_finished", "run_started", "step_finished"]

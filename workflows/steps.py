@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from eventbus import bus, validation
 from eventbus.exceptions import EventError
-from workflows import conf, durations
+from workflows import conf, durations, telemetry
 from workflows.exceptions import (
     INTERRUPTS,
     NonRetriableError,
@@ -79,68 +79,72 @@ def run_body(
             attempt + 1,
             ex.workflow.retries + 1,
         )
-    started = timezone.now()
-    failure: BaseException | None = None
-    with ex.running(step_id, attempt):
-        try:
-            value = fn(*args, **kwargs)
-        except INTERRUPTS:
-            raise
-        except (WorkerShutdown, WorkerTerminate):
-            raise  # the worker is stopping (solo and thread pools run tasks in its thread)
-        except BaseException as exc:
-            # SystemExit from a CLI entry point, KeyboardInterrupt, a custom BaseException:
-            # a failure of this step like any other, not the end of the worker process.
-            failure = exc
-    output, size = None, 0
-    if failure is None:
-        try:
-            output, size = sized_json(value, f"the result of step {step_id!r}")
-        except ValueError as exc:
-            failure = NonRetriableError(
-                f"step {step_id!r} returned a value that is not JSON-serialisable: {exc}"
-            )
-    cap = conf.get().MAX_RUN_OUTPUT_BYTES
-    if failure is None and ex.output_bytes + size > cap:
-        failure = NonRetriableError(
-            f"step {step_id!r} returned {size} bytes; with the {ex.output_bytes} bytes its "
-            f"run has stored, that is over WORKFLOWS['MAX_RUN_OUTPUT_BYTES'] ({cap}): keep "
-            "large data elsewhere (a file, object storage) and return a reference to it"
-        )
+    # The step's span (OpenTelemetry, if installed) is current while its function runs,
+    # so the function's own spans are its children; it ends once the outcome is stored.
+    with telemetry.step_span(step_id, StepKind.RUN, attempt) as span:
+        started = timezone.now()
+        failure: BaseException | None = None
+        with ex.running(step_id, attempt):
+            try:
+                value = fn(*args, **kwargs)
+            except INTERRUPTS:
+                raise
+            except (WorkerShutdown, WorkerTerminate):
+                raise  # the worker is stopping (solo and thread pools run tasks in its thread)
+            except BaseException as exc:
+                # SystemExit from a CLI entry point, KeyboardInterrupt, a custom BaseException:
+                # a failure of this step like any other, not the end of the worker process.
+                failure = exc
         output, size = None, 0
-    row = stored or ex.new_memo(step_id, key, position, StepKind.RUN, started_at=started)
-    now = timezone.now()
-    if failure is None:
-        row.status, row.output, row.error = StepStatus.COMPLETED, output, None
-        row.attempt, row.wake_at, row.finished_at = attempt, None, now
-        row.output_bytes = size
-        ex.save(row, keep_if_cancelled=True)
-        ex.output_bytes += size
-        return output
-    error = describe(failure)
-    retriable = not isinstance(failure, NonRetriableError | StepUsageError)
-    if not retriable or attempt >= ex.workflow.retries:
-        row.status, row.error, row.attempt = StepStatus.FAILED, error, attempt
-        row.wake_at, row.finished_at = None, now
-        ex.save(row, keep_if_cancelled=True)
-        raise ex.step_error(row)
-    at = now + retry_delay(failure, attempt)
-    row.status, row.error, row.attempt, row.wake_at = (
-        StepStatus.RETRYING,
-        error,
-        attempt + 1,
-        at,
-    )
-    ex.logger.warning(
-        "step %r failed (try %d of %d), retrying at %s: %s",
-        step_id,
-        attempt + 1,
-        ex.workflow.retries + 1,
-        at.isoformat(),
-        error["message"],
-    )
-    ex.save(row, keep_if_cancelled=True, suspend=(RunStatus.QUEUED, at))
-    raise Suspend()
+        if failure is None:
+            try:
+                output, size = sized_json(value, f"the result of step {step_id!r}")
+            except ValueError as exc:
+                failure = NonRetriableError(
+                    f"step {step_id!r} returned a value that is not JSON-serialisable: {exc}"
+                )
+        cap = conf.get().MAX_RUN_OUTPUT_BYTES
+        if failure is None and ex.output_bytes + size > cap:
+            failure = NonRetriableError(
+                f"step {step_id!r} returned {size} bytes; with the {ex.output_bytes} bytes its "
+                f"run has stored, that is over WORKFLOWS['MAX_RUN_OUTPUT_BYTES'] ({cap}): keep "
+                "large data elsewhere (a file, object storage) and return a reference to it"
+            )
+            output, size = None, 0
+        row = stored or ex.new_memo(step_id, key, position, StepKind.RUN, started_at=started)
+        now = timezone.now()
+        if failure is None:
+            row.status, row.output, row.error = StepStatus.COMPLETED, output, None
+            row.attempt, row.wake_at, row.finished_at = attempt, None, now
+            row.output_bytes = size
+            ex.save(row, keep_if_cancelled=True)
+            ex.output_bytes += size
+            return output
+        telemetry.step_failed(span, failure)
+        error = describe(failure)
+        retriable = not isinstance(failure, NonRetriableError | StepUsageError)
+        if not retriable or attempt >= ex.workflow.retries:
+            row.status, row.error, row.attempt = StepStatus.FAILED, error, attempt
+            row.wake_at, row.finished_at = None, now
+            ex.save(row, keep_if_cancelled=True)
+            raise ex.step_error(row)
+        at = now + retry_delay(failure, attempt)
+        row.status, row.error, row.attempt, row.wake_at = (
+            StepStatus.RETRYING,
+            error,
+            attempt + 1,
+            at,
+        )
+        ex.logger.warning(
+            "step %r failed (try %d of %d), retrying at %s: %s",
+            step_id,
+            attempt + 1,
+            ex.workflow.retries + 1,
+            at.isoformat(),
+            error["message"],
+        )
+        ex.save(row, keep_if_cancelled=True, suspend=(RunStatus.QUEUED, at))
+        raise Suspend()
 
 
 def retry_delay(failure: BaseException, attempt: int) -> timedelta:

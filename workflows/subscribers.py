@@ -8,7 +8,7 @@ wait exists only if the event does.
 from django.utils import timezone
 
 from eventbus.models import Event
-from workflows import lifecycle, registry, waits
+from workflows import gates, lifecycle, registry, waits
 from workflows.models import (
     EventSkip,
     PausedWorkflow,
@@ -25,7 +25,8 @@ def start_runs(events: list[Event]) -> list[WorkflowRun]:
     The unique constraint on (event, workflow) makes a repeated or racing delivery
     create nothing new: conflicting rows are skipped, and ringing for a run id that was
     not stored is a no-op. A workflow paused in the event's workspace gets no run; the
-    skip is recorded (:class:`~workflows.models.EventSkip`).
+    skip is recorded (:class:`~workflows.models.EventSkip`). A workflow with admission
+    options (``rate_limit``, ``debounce``, …) goes through :func:`workflows.gates.admit`.
     """
     now = timezone.now()
     pairs = [(event, wf) for event in events for wf in registry.subscribers(event.name)]
@@ -40,10 +41,10 @@ def start_runs(events: list[Event]) -> list[WorkflowRun]:
             if skip
         )
         pairs = [pair for pair, skip in zip(pairs, held, strict=True) if not skip]
-    return lifecycle.start(
-        ((lifecycle.new_run(event, wf, now=now), wf) for event, wf in pairs),
-        skip_repeats=True,
-    )
+    gated = [(event, wf) for event, wf in pairs if wf.admission]
+    plain = [(lifecycle.new_run(event, wf, now=now), wf) for event, wf in pairs if not wf.admission]
+    started = lifecycle.start(plain, skip_repeats=True) if plain else []
+    return started + gates.admit(gated, now) if gated else started
 
 
 def resolve_waits(events: list[Event]) -> None:

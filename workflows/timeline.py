@@ -14,7 +14,7 @@ from datetime import datetime
 
 from django.utils import timezone
 
-from workflows import matching
+from workflows import matching, slots
 from workflows.models import (
     RunStatus,
     StepKind,
@@ -183,6 +183,38 @@ def text_bar(row: Row, width: int = 40) -> str:
 
 
 # --- what a run waits for -----------------------------------------------------------
+def describe_flow(run: WorkflowRun) -> list[str]:
+    """The run's flow-control keys, and why it has not started if it is held back.
+
+    E.g. ``concurrency group wf:sync:acme (limit 2, 2 running)``, ``throttle key
+    sync:acme``, ``priority +120 s``, ``held: waiting for a slot of wf:sync:acme``.
+    """
+    lines: list[str] = []
+    now = timezone.now()
+    limits = dict(slots.limits_of(run.workflow_id, (run.slot_1, run.slot_2)))
+    for group in (run.slot_1, run.slot_2):
+        if not group:
+            continue
+        limit = limits.get(group)
+        about = f"limit {limit}, {slots.running(group, now)} running" if limit else "no limit now"
+        lines.append(f"concurrency group {group} ({about})")
+    if run.throttle_key:
+        lines.append(f"throttle key {run.throttle_key}")
+    if run.priority:
+        lines.append(
+            f"priority {run.priority:+d} s (in line as if created {run.order_at:%H:%M:%S})"
+        )
+    if run.status == RunStatus.QUEUED and run.held_by.startswith(slots.FOR_SLOT):
+        lines.append(f"held: waiting for a slot of {run.held_by.removeprefix(slots.FOR_SLOT)}")
+    elif (
+        run.status == RunStatus.QUEUED
+        and run.wake_at
+        and run.held_by.startswith(slots.FOR_THROTTLE)
+    ):
+        lines.append(f"held: throttled until {run.wake_at:%Y-%m-%d %H:%M:%S.%f %Z}")
+    return lines
+
+
 def describe_waits(run: WorkflowRun) -> list[str]:
     """One line per thing ``run`` waits for, and per event that would cancel it.
 

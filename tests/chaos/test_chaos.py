@@ -37,25 +37,31 @@ from django.utils import timezone
 
 import eventbus
 from eventbus.models import Event, EventStatus
-from tests.chaos.workflows import EMISSION_LOG_ENV
+from tests.chaos.workflows import CHAOS_LIMIT, EMISSION_LOG_ENV
 from tests.conftest import ROOT, Dispatcher, RedisServer, Worker, broker_url
-from tests.testapp.models import EmissionLog, LedgerEntry
+from tests.testapp.models import EmissionLog, LedgerEntry, Span, most_at_once
 from workflows import lifecycle, registry, schedules
-from workflows.models import TERMINAL_STATUSES, RunStatus, StepKind, StepResult, WorkflowRun
+from workflows.models import (
+    TERMINAL_STATUSES,
+    BatchEvent,
+    GateState,
+    RunStatus,
+    StepKind,
+    StepResult,
+    WorkflowRun,
+)
 
 pytestmark = [pytest.mark.chaos, pytest.mark.worker]
 
-#: Event names of the engine's lifecycle, where it has them (None before they existed).
-RUN_FINISHED = getattr(lifecycle, "RUN_FINISHED", None)
-INVOKED = getattr(lifecycle, "INVOKED", None)
+#: Event names of the engine's lifecycle.
+RUN_FINISHED = lifecycle.RUN_FINISHED
+INVOKED = lifecycle.INVOKED
 
 WORKERS = 3
 CONCURRENCY = 2
 DEFAULT_SECONDS = 60.0
 #: Runs must all be terminal this long after the faults stop (generous: shared CI cores).
 QUIESCENCE_TIMEOUT = 240.0
-#: Step kinds to leave out of the load, e.g. CHAOS_WITHOUT="invoke wait_for_event".
-WITHOUT = set(os.environ.get("CHAOS_WITHOUT", "").split())
 FAULT_KINDS = ("kill_worker", "kill_dispatcher", "flush_broker", "restart_redis", "cut_db")
 
 
@@ -201,6 +207,8 @@ class Loader(threading.Thread):
         self.orders = orders
         self.seconds = seconds
         self.sent: list[str] = []
+        self.rows: list[str] = []  # chaos-batch: every one in exactly one batch
+        self.bursts: dict[int, list[str]] = {}  # chaos-debounce: one run per burst
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -211,10 +219,21 @@ class Loader(threading.Thread):
                 target = started + self.seconds * number / self.orders
                 time.sleep(max(0.0, target - time.monotonic()))
                 self.sent.append(eventbus.send("chaos/order", self.data(number)))
+                self.send_admission(number)
+                eventbus.send("chaosflow/job", {"k": number % 3})
         except BaseException as exc:  # reported by the test
             self.error = exc
         finally:
             connections.close_all()
+
+    def send_admission(self, number: int) -> None:
+        """A row for the batches with every order; a burst of 3 for the debounce every 5th."""
+        self.rows.append(eventbus.send("chaosadm/row", {"order": number}))
+        if number % 5 == 0:
+            burst = number // 5
+            self.bursts[burst] = [
+                eventbus.send("chaosadm/typed", {"burst": burst, "n": n}) for n in range(3)
+            ]
 
     @staticmethod
     def data(number: int) -> dict:
@@ -223,8 +242,8 @@ class Loader(threading.Thread):
             "later_ts": int(time.time() * 1000) + random.randint(1500, 9000),
             "sleep": random.choice([0.3, 1.0, 2.5]),
             "step_seconds": random.choice([0.0, 0.05, 0.2]),
-            "invoke": number % 2 == 0 and "invoke" not in WITHOUT,
-            "wait": number % 3 == 0 and "wait_for_event" not in WITHOUT,
+            "invoke": number % 2 == 0,
+            "wait": number % 3 == 0,
         }
 
 
@@ -368,13 +387,47 @@ def check_invariants(loader: Loader) -> dict:
                 f"run {memo.run_id} step {memo.step_id}: {per_memo.get(memo.pk, 0)}"
             )
 
-    # Where the engine announces the end of runs, exactly one announcement per run.
-    if RUN_FINISHED:
-        for run in runs:
-            count = finished.get(str(run.pk), 0)
-            if run.status in TERMINAL_STATUSES and count != 1:
-                kind = "lost run.finished events" if not count else "duplicate run.finished events"
-                problems[kind].append(f"{run.workflow_id} {run.pk}: {count}")
+    # Exactly one announcement of the end of each run.
+    for run in runs:
+        count = finished.get(str(run.pk), 0)
+        if run.status in TERMINAL_STATUSES and count != 1:
+            kind = "lost run.finished events" if not count else "duplicate run.finished events"
+            problems[kind].append(f"{run.workflow_id} {run.pk}: {count}")
+
+    # A wait_for_event that timed out lost its acknowledgement, unless that event was
+    # emitted before the wait began (its run was held up by a fault): only events emitted
+    # since the wait began count, as documented.
+    waits = Counter()
+    began = {
+        step.run_id: step.started_at
+        for step in StepResult.objects.filter(kind=StepKind.WAIT_FOR_EVENT, step_id="ack")
+    }
+    acks = {
+        event.data.get("order"): event
+        for event in events
+        if event.name == "chaos/ack" and event.status == EventStatus.EMITTED
+    }
+    for run in runs:
+        if run.workflow_id != "chaos-order" or not run.output or "acked" not in run.output:
+            continue
+        if run.output["acked"]:
+            waits["matched"] += 1
+            continue
+        ack = acks.get(run.output["order"])
+        if ack is None or run.pk not in began:
+            problems["waits that missed their event"].append(f"run {run.pk}: no ack or no wait")
+        elif ack.emitted_at >= began[run.pk]:
+            problems["waits that missed their event"].append(
+                f"run {run.pk}: ack emitted {ack.emitted_at.isoformat()}, after the wait"
+                f" began {began[run.pk].isoformat()}, yet the wait timed out"
+            )
+        else:
+            waits["timed out (ack emitted before the wait began)"] += 1
+    # The load's coordination steps really ran: nothing here may be silently skipped.
+    if not waits["matched"]:
+        problems["waits that missed their event"].append("no wait_for_event was ever matched")
+    if not invoked:
+        problems["lost invoked runs"].append("no step.invoke started a child run")
 
     # Every subscribed workflow triggered exactly once per event.
     triggered = Counter(
@@ -405,6 +458,8 @@ def check_invariants(loader: Loader) -> dict:
         if int(event.created_at.timestamp() * 1000) < event.data["scheduled_at"]:
             problems["slots fired early"].append(event.idempotency_key)
     problems["duplicate slot runs"].extend(k for k, n in slots.items() if n > 1)
+    check_admission(loader, problems)
+    check_limits(problems)
     if not slots:
         problems["lost slot runs"].append(f"schedule {SCHEDULE_ID} never fired")
     return {
@@ -416,19 +471,68 @@ def check_invariants(loader: Loader) -> dict:
         "statuses": dict(Counter(run.status for run in runs)),
         "reruns_before_memo": reruns_before_memo,
         "retried_steps": StepResult.objects.filter(attempt__gt=0).count(),
-        # A wait whose acknowledgement came before it began (its run was held up by a
-        # fault) times out and returns None, as documented: counted, not a problem.
-        "waits": dict(
-            Counter(
-                "matched" if run.output.get("acked") else "timed out"
-                for run in runs
-                if run.workflow_id == "chaos-order" and run.output and "acked" in run.output
-            )
-        ),
+        "waits": dict(waits),
     }
 
 
+def check_limits(problems: dict) -> None:
+    """No key of the concurrency-limited workflow ever had more than its limit at once."""
+    spans = defaultdict(list)
+    for row in Span.objects.filter(label__startswith="chaos-limited:"):
+        spans[row.label].append(row)
+    if not spans:
+        problems["limit never exercised"].append("chaos-limited recorded no execution")
+    for label, rows in sorted(spans.items()):
+        most = most_at_once(rows)
+        if most > CHAOS_LIMIT:
+            problems["concurrency limit exceeded"].append(f"{label}: {most} at once")
+
+
+def check_admission(loader: Loader, problems: dict) -> None:
+    """Every row in exactly one batch, each batch one run with all of its events; one
+    debounce run per burst, triggered by the burst's last event."""
+    members = defaultdict(list)
+    for batch_id, event_id in (
+        BatchEvent.objects.filter(workflow_id="chaos-batch")
+        .order_by("batch_id", "position")
+        .values_list("batch_id", "event_id")
+    ):
+        members[batch_id].append(str(event_id))
+    placed = Counter(event_id for events in members.values() for event_id in events)
+    for event_id in loader.rows:
+        if placed.get(event_id, 0) != 1:
+            kind = "events in no batch" if not placed.get(event_id) else "events in two batches"
+            problems[kind].append(f"{event_id}: in {placed.get(event_id, 0)} batch(es)")
+    batch_runs = {
+        str(run.event_id): run
+        for run in WorkflowRun.objects.filter(workflow_id="chaos-batch", replay_of__isnull=True)
+    }
+    for batch_id, events in members.items():
+        run = batch_runs.get(events[0])
+        if run is None:
+            problems["lost batch runs"].append(f"batch {batch_id} of {len(events)}: no run")
+        elif (run.output or {}).get("events") != events or len(events) > 7:
+            problems["batch runs with other events"].append(f"batch {batch_id} run {run.pk}")
+    if len(batch_runs) != len(members):
+        problems["duplicate batch runs"].append(f"{len(batch_runs)} runs, {len(members)} batches")
+    debounce_runs = Counter(
+        str(event_id)
+        for event_id in WorkflowRun.objects.filter(
+            workflow_id="chaos-debounce", replay_of__isnull=True
+        ).values_list("event_id", flat=True)
+    )
+    for burst, events in loader.bursts.items():
+        got = [debounce_runs.get(event_id, 0) for event_id in events]
+        if got != [0, 0, 1]:
+            kind = "lost debounce runs" if sum(got) == 0 else "duplicate debounce runs"
+            problems[kind].append(f"burst {burst}: runs per event {got}")
+
+
 DUPLICATE_KINDS = {
+    "events in two batches",
+    "duplicate batch runs",
+    "batch runs with other events",
+    "duplicate debounce runs",
     "duplicate memos",
     "bodies re-executed after their memo",
     "events delivered twice",
@@ -438,6 +542,9 @@ DUPLICATE_KINDS = {
     "slots fired early",
 }
 LOSS_KINDS = {
+    "events in no batch",
+    "lost batch runs",
+    "lost debounce runs",
     "stuck runs",
     "lost runs",
     "events never emitted",
@@ -448,6 +555,7 @@ LOSS_KINDS = {
     "lost invoked runs",
     "lost run.finished events",
     "lost slot runs",
+    "waits that missed their event",
 }
 #: A database schedule every 2 s for the length of the faults (``chaos-tick``).
 SCHEDULE_ID = "chaos-every-2s"
@@ -456,7 +564,7 @@ SCHEDULE_ID = "chaos-every-2s"
 def test_chaos_loses_nothing_and_does_nothing_twice(transactional_db, request, capsys, monkeypatch):
     skip_unless_postgres_and_redis()
     seconds = chaos_seconds(request.config)
-    # At least 130 orders: with their children, audits and (where the engine has them)
+    # At least 130 orders: with their children, audits and
     # invoked and acknowledged runs, that is well over 500 runs.
     orders = max(130, int(seconds * 2.2))
     monkeypatch.setenv(EMISSION_LOG_ENV, "1")
@@ -479,7 +587,8 @@ def test_chaos_loses_nothing_and_does_nothing_twice(transactional_db, request, c
             def quiet() -> bool:
                 active = WorkflowRun.objects.exclude(status__in=TERMINAL_STATUSES).exists()
                 scheduled = Event.objects.filter(status=EventStatus.SCHEDULED).exists()
-                return not active and not scheduled
+                collecting = GateState.objects.filter(due_at__isnull=False).exists()
+                return not active and not scheduled and not collecting
 
             deadline = time.monotonic() + QUIESCENCE_TIMEOUT
             while not quiet() and time.monotonic() < deadline:

@@ -2,8 +2,7 @@
 
 Every step body writes one ledger row in its own transaction, so the suite can tell a
 body that ran twice from a memo that was replayed. ``step.invoke`` and
-``step.wait_for_event`` are used when the engine has them (checked at run time, the same
-way in every worker).
+``step.wait_for_event`` are part of every order that asks for them.
 """
 
 import os
@@ -52,11 +51,6 @@ def ledger(ctx, step: str, seconds: float = 0.0) -> dict:
     return {"step": step, "pid": os.getpid()}
 
 
-def has_step(ctx, name: str) -> bool:
-    """Whether this engine offers ``ctx.step.<name>`` (invoke, wait_for_event)."""
-    return callable(getattr(ctx.step, name, None))
-
-
 @workflow(id="chaos-order", trigger="chaos/order", retries=CHAOS_RETRIES)
 def order(ctx):
     """The mixed load: run, send_event now and deferred, sleep, invoke, wait_for_event."""
@@ -74,10 +68,10 @@ def order(ctx):
     ctx.step.sleep("cool-off", data.get("sleep", 1.0))
     ctx.step.run("charge", ledger, ctx, "charge", pause)
     result = {"order": number}
-    if data.get("invoke") and has_step(ctx, "invoke"):
+    if data.get("invoke"):
         price = ctx.step.invoke("price", workflow="chaos-price", data={"order": number})
         result["price"] = price["price"]
-    if data.get("wait") and has_step(ctx, "wait_for_event"):
+    if data.get("wait"):
         # The acknowledgement is emitted by this run, a few seconds after the wait begins.
         ctx.step.send_event(
             "ask-ack",
@@ -106,7 +100,7 @@ def audit(ctx):
 
 @workflow(id="chaos-price", trigger=None, retries=CHAOS_RETRIES)
 def price(ctx):
-    """Invoked by ``chaos-order`` where the engine has ``step.invoke``."""
+    """Invoked by every other ``chaos-order`` (``step.invoke``)."""
     ctx.step.run("quote", ledger, ctx, "quote")
     return {"price": 100 + ctx.event.data["order"] % 7}
 
@@ -116,3 +110,62 @@ def tick(ctx):
     """Started by the suite's schedule every 2 s: exactly one run per slot, under faults."""
     ctx.step.run("tick", ledger, ctx, "tick")
     return {"scheduled_at": ctx.event.data["scheduled_at"]}
+
+
+# Admission under faults (issue 13). Their triggers are outside "chaos/*", which the
+# suite's one-run-per-event check covers: these start one run per burst or per batch.
+@workflow(
+    id="chaos-debounce",
+    trigger="chaosadm/typed",
+    retries=CHAOS_RETRIES,
+    debounce={"period": "1s", "key": "event.data.burst", "timeout": "5s"},
+)
+def debounced(ctx):
+    """One run per burst of ``chaosadm/typed`` events, with the burst's last event."""
+    ctx.step.run("index", ledger, ctx, "index")
+    return {"burst": ctx.event.data["burst"], "n": ctx.event.data["n"]}
+
+
+@workflow(
+    id="chaos-batch",
+    trigger="chaosadm/row",
+    retries=CHAOS_RETRIES,
+    batch_events={"max_size": 7, "timeout": "2s"},
+)
+def batched(ctx):
+    """One run per batch of ``chaosadm/row`` events; ``ctx.events`` kept across a sleep."""
+    ctx.step.run("write", ledger, ctx, "write")
+    ctx.step.sleep("settle", 0.3)
+    return {"events": [event.id for event in ctx.events]}
+
+
+# Concurrency under faults (issue 12): at most two executions at once per key, counted
+# from the spans their bodies record (a body cut off by a kill records none).
+CHAOS_LIMIT = 2
+
+
+def span(ctx, step: str, label: str, seconds: float) -> dict:
+    """A step body: stay busy, then record its ledger row and its start and end."""
+    from tests.testapp.models import Span
+
+    started = time.time()
+    ledger(ctx, step, seconds)
+    Span.objects.create(
+        run_id=ctx.run_id, label=label, started=started, ended=time.time(), pid=os.getpid()
+    )
+    return {"started": started}
+
+
+@workflow(
+    id="chaos-limited",
+    trigger="chaosflow/job",
+    retries=CHAOS_RETRIES,
+    concurrency={"limit": CHAOS_LIMIT, "key": "event.data.k"},
+)
+def limited(ctx):
+    """Two steps around a sleep (which frees the slot), two at once per key at most."""
+    label = f"chaos-limited:{ctx.event.data['k']}"
+    ctx.step.run("first", span, ctx, "first", label, 0.2)
+    ctx.step.sleep("between", 0.5)
+    ctx.step.run("second", span, ctx, "second", label, 0.2)
+    return {"k": ctx.event.data["k"]}

@@ -31,3 +31,33 @@ class EmissionLog(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["event_id"])]
+
+
+class Span(models.Model):
+    """One execution of a step body, from start to end: to find overlapping executions.
+
+    Written by the flow-control test workflows (``tests.flow_workflows``) in their own
+    committed transaction, once the body is done.
+    """
+
+    run_id = models.CharField(max_length=64)
+    label = models.CharField(max_length=255)
+    started = models.FloatField(help_text="time.time() when the body began")
+    ended = models.FloatField(help_text="time.time() when it ended")
+    pid = models.IntegerField(default=0)
+
+    class Meta:
+        indexes = [models.Index(fields=["label"])]
+
+
+def most_at_once(spans) -> int:
+    """The largest number of ``spans`` (with ``started``/``ended``) open at one moment."""
+    edges = sorted(
+        [(s.started, 1) for s in spans] + [(s.ended, -1) for s in spans],
+        key=lambda edge: (edge[0], edge[1]),  # an end before a start at the same instant
+    )
+    most = current = 0
+    for _, step in edges:
+        current += step
+        most = max(most, current)
+    return most

@@ -19,7 +19,7 @@ from django.utils.safestring import SafeString, mark_safe
 
 from eventbus.admin import EventAdmin as PlainEventAdmin
 from eventbus.models import Event
-from workflows import registry, services
+from workflows import outcomes, registry, services
 from workflows.admin.console import admin_link, badge, confirm, report_error
 from workflows.exceptions import ConsoleError
 from workflows.models import StepResult, WorkflowRun
@@ -202,9 +202,10 @@ class EventAdmin(PlainEventAdmin):
 
     @admin.display(description="started no run of")
     def not_started(self, event: Event) -> SafeString:
-        """Workflows subscribed to the event that it started no run of, and why."""
-        skips = event.skips.order_by("created_at")[:MAX_RUNS_SHOWN]
-        rows = [(skip.workflow_id, skip.get_reason_display()) for skip in skips]
+        """Workflows subscribed to the event that it started no run of, and why (or the
+        batch it joined): as ``show_event`` prints them."""
+        lines = [line for line in outcomes.of_event(event) if line.run is None or line.reason]
+        rows = [(line.workflow_id, line.text) for line in lines[:MAX_RUNS_SHOWN]]
         if not rows:
             return format_html("{}", "—")
         return format_html_join(mark_safe("<br>"), "{} ({})", rows)

@@ -89,6 +89,7 @@ class WorkflowRunAdmin(RunActions, ReadOnlyAdmin):
             "Relations",
             {
                 "fields": (
+                    "flow_control",
                     "waiting_for",
                     "parent_link",
                     "children_links",
@@ -172,6 +173,17 @@ class WorkflowRunAdmin(RunActions, ReadOnlyAdmin):
     def parent_link(self, run: WorkflowRun) -> SafeString:
         """The run that invoked this one."""
         return admin_link(run.parent)
+
+    @admin.display(description="flow control")
+    def flow_control(self, run: WorkflowRun) -> SafeString:
+        """The run's concurrency groups, throttle key and priority, and what holds it."""
+        lines = timeline.describe_flow(run)
+        if not lines:
+            return format_html("{}", "none")
+        return format_html(
+            '<ul class="wf-flow">{}</ul>',
+            format_html_join("", "<li>{}</li>", ((line,) for line in lines)),
+        )
 
     @admin.display(description="waits for")
     def waiting_for(self, run: WorkflowRun) -> SafeString:

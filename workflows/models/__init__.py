@@ -2,10 +2,13 @@
 
 :mod:`.runs` (runs, step memos and the status vocabulary), :mod:`.waits` (what runs
 wait for), :mod:`.schedules`, :mod:`.pauses` (paused workflows, skipped events), :mod:`.flow`
-(flow control's throttles).
+(flow control's throttles), :mod:`.admission` (rate limits, singletons, debounces,
+batches, idempotency values), :mod:`.observability` (the counters of ``GET /metrics``).
 """
 
+from workflows.models.admission import BatchEvent, GateKind, GateState, IdempotencyRecord
 from workflows.models.flow import ThrottleState
+from workflows.models.observability import MetricTally
 from workflows.models.pauses import EventSkip, PausedQuerySet, PausedWorkflow, SkipReason
 from workflows.models.runs import (
     ACTIVE_STATUSES,
@@ -21,6 +24,7 @@ from workflows.models.runs import (
     WorkflowRun,
     not_paused,
     runnable,
+    unshaped,
 )
 from workflows.models.schedules import Schedule, ScheduleQuerySet, ScheduleSource
 from workflows.models.waits import Wait, WaitKind, WaitPath
@@ -31,7 +35,12 @@ __all__ = [
     "MOVING_STATUSES",
     "MOVING_VALUES",
     "TERMINAL_STATUSES",
+    "BatchEvent",
     "EventSkip",
+    "MetricTally",
+    "GateKind",
+    "GateState",
+    "IdempotencyRecord",
     "PausedQuerySet",
     "PausedWorkflow",
     "RunQuerySet",
@@ -50,4 +59,5 @@ __all__ = [
     "WorkflowRun",
     "not_paused",
     "runnable",
+    "unshaped",
 ]

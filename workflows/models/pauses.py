@@ -1,4 +1,5 @@
-"""Paused workflows, and the events that started no run because of a pause."""
+"""Paused workflows, and the events that started no run (because of a pause, or of an
+admission option: see :mod:`workflows.gates`)."""
 
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -69,6 +70,11 @@ class SkipReason(models.TextChoices):
     """Why an event started no run of a workflow subscribed to it."""
 
     PAUSED = "paused", "the workflow was paused"
+    RATE_LIMITED = "rate_limited", "over the workflow's rate limit"
+    DEBOUNCED = "debounced", "debounced: a later event took its place"
+    BATCHED = "batched", "batched into another event's run"
+    SINGLETON = "singleton", "skipped: the singleton key had an active run"
+    IDEMPOTENT = "idempotent", "a duplicate of an event that already started a run"
 
 
 class EventSkip(models.Model):
@@ -77,6 +83,9 @@ class EventSkip(models.Model):
     event = models.ForeignKey("eventbus.Event", on_delete=models.CASCADE, related_name="skips")
     workflow_id = models.CharField(max_length=200)
     reason = models.CharField(max_length=32, choices=SkipReason.choices)
+    detail = models.CharField(
+        max_length=300, blank=True, default="", help_text="Which run or event it gave way to."
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

@@ -68,6 +68,14 @@ def runnable(now: datetime) -> Q:
     ) & not_paused()
 
 
+def unshaped(now: datetime) -> Q:
+    """Runs no flow control can hold back at ``now``: in no concurrency group, and not
+    facing a throttle (no throttle, already started once, or its start reserved)."""
+    return Q(slot_1="") & (
+        Q(throttle_key="") | Q(started_at__isnull=False) | Q(throttle_at__lte=now)
+    )
+
+
 def not_paused() -> Q:
     """Runs whose workflow is not paused in their workspace (nor everywhere).
 

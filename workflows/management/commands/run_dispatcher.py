@@ -5,7 +5,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from workflows import dispatcher
+from workflows import dispatcher, tally
 
 
 class Command(BaseCommand):
@@ -24,6 +24,7 @@ class Command(BaseCommand):
             result = dispatcher.tick()
             self.stdout.write(f"emitted {result['emitted']} event(s), rang {result['rung']} run(s)")
             return
+        tally.start_flusher()  # the runs it cancels (timeouts) are counted
         thread = dispatcher.DispatcherThread()
         signal.signal(signal.SIGTERM, lambda *_: thread.stop())
         self.stdout.write("Dispatcher running; Ctrl-C to stop.")

@@ -51,6 +51,8 @@ class Command(BaseCommand):
         ):
             if value:
                 write(f"{label:<9} {value}")
+        for line in timeline.describe_flow(run):
+            write(f"Flow      {line}")
         for line in timeline.describe_waits(run):
             write(f"Waits     {line}")
         children = list(run.children.order_by("created_at")[:50])

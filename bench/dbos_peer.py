@@ -52,6 +52,13 @@ def fanout(label: str, n: int) -> int:
     return n
 
 
+@DBOS.workflow(name="bench_park")
+def park(label: str, key: int) -> None:
+    """W5: mark that the workflow started, then park it in a durable sleep of an hour."""
+    mark_step(label, key)
+    DBOS.sleep(3600)
+
+
 @DBOS.step()
 def notify_step(channel: str) -> float:
     """Notify the driver that this step started."""

@@ -376,3 +376,40 @@ class DbosPeer:
     def w3(self, count: int) -> list[float]:
         """Seconds from ``start_workflow`` to the first step's start, in-process."""
         return self._in_process("w3", count)["latencies"]
+
+    def w4(self, count: int, spread_s: float, label: str) -> tuple[dict[int, float], float]:
+        """Enqueue ``count`` one-step workflows, each delayed until its due time
+        (``delay_seconds``, DBOS's deferred enqueue); their due times and the last."""
+        _, due = schedule(count, spread_s)
+        for k in range(count):
+            options = {
+                "queue_name": config.DBOS_QUEUE,
+                "workflow_name": "bench_leaf",
+                "delay_seconds": max(0.0, due[k] - time.time()),
+            }
+            self.client.enqueue(options, label, k)
+        return {k: due[k] for k in range(count)}, due[-1]
+
+    def w5(self, count: int) -> None:
+        """Start ``count`` workflows that park in ``DBOS.sleep`` of an hour; wait until
+        every one has started (each marks a row just before it sleeps)."""
+        label = channel("dbos-w5")
+        options = {"queue_name": config.DBOS_QUEUE, "workflow_name": "bench_park"}
+        for k in range(count):
+            self.client.enqueue(options, label, k)
+        if not wait_marks(label, count, timeout=600):
+            raise TimeoutError(f"not all {count} DBOS workflows were parked")
+
+    def table_footprint(self) -> dict:
+        """Rows of DBOS's workflow and step tables, and the bytes of its system database."""
+        import psycopg
+
+        with psycopg.connect(config.DBOS_URL, autocommit=True) as conn:
+            size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+            rows = 0
+            for table in ("dbos.workflow_status", "dbos.operation_outputs"):
+                try:
+                    rows += conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                except psycopg.Error:
+                    pass  # another DBOS version names its tables otherwise
+        return {"rows": rows, "bytes": size}

@@ -127,10 +127,11 @@ def run(sizes: Sizes, workers: int, contenders: list, only: set[str]) -> dict:
     if "W3" in only:
         out["W3"] = _per_peer(contenders, lambda c: w3(c, sizes, workers), "W3")
     if "W4" in only:
-        w4_peers = [c for c in contenders if c.name in ("ours", "celery")]
+        w4_peers = [c for c in contenders if c.name in ("ours", "celery", "dbos")]
         out["W4"] = _per_peer(w4_peers, lambda c: w4(c, sizes, workers), "W4")
     if "W5" in only and "ours" in by_name:
-        out["W5"] = _per_peer([by_name["ours"]], lambda c: w5(c, sizes, workers), "W5")
+        w5_peers = [c for c in contenders if c.name in ("ours", "dbos")]
+        out["W5"] = _per_peer(w5_peers, lambda c: w5(c, sizes, workers), "W5")
     if "W11" in only and "ours" in by_name:
         from bench import deploy_check
 
@@ -196,9 +197,13 @@ def w4(contender, sizes: Sizes, workers: int) -> dict:
     with contender.workers(workers):
         time.sleep(1.0)
         idle = procs.rss(contender.procs)
+        footprint = getattr(contender, "table_footprint", None)
+        before = footprint() if footprint else None
         with procs.MemorySampler(contender.procs) as sampler:
             due, last = contender.w4(sizes.w4_events, sizes.w4_spread_s, label)
             handed_over = time.time()
+            # What the pending items take in the database, before the first is due.
+            pending = footprint() if footprint else None
             # Until all ran, or nothing new ran for 20 s after the last was due.
             time.sleep(max(0.0, last - time.time()))
             peers.wait_marks_or_stall(label, sizes.w4_events, stall=20.0, cap=300.0)
@@ -217,6 +222,8 @@ def w4(contender, sizes: Sizes, workers: int) -> dict:
             "growth_per_item": max(0, sampler.peak - idle) / sizes.w4_events,
         }
     )
+    if before is not None and pending is not None:
+        figures["db_bytes_per_item"] = (pending["bytes"] - before["bytes"]) / sizes.w4_events
     return figures
 
 

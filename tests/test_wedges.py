@@ -160,8 +160,10 @@ def test_a_real_worker_is_never_wedged(worker):
     wait_until(lambda: run_of(after).status == RunStatus.COMPLETED, timeout=60, what=worker.tail())
     # Another pool process may finish that run before this one has read the huge list.
     wait_until(
-        lambda: "dropping an execute_runs message with 100000 run ids"
-        in worker.log.read_text(errors="replace"),
+        lambda: (
+            "dropping an execute_runs message with 100000 run ids"
+            in worker.log.read_text(errors="replace")
+        ),
         timeout=60,
         what="the worker to drop the forged list",
     )

@@ -16,7 +16,9 @@ A run of a workflow with ``concurrency`` is stored with the group of each limit
 A run held back stays ``queued`` with no ``due_at``, so neither the dispatcher nor a
 worker spends anything on it: whoever frees a slot (a run that ends, sleeps, waits or
 is cancelled) hands it to the next run in line of that group (:func:`hand_over`), by
-``order_at`` (creation time less the priority). The first run in line of a group also
+``order_at`` (creation time less the priority). Claims, hand-overs and the creation of
+runs of a group take its lock in turn, so a run put back in line is always seen by the
+run that frees the slot next, however the two interleave. The first run in line also
 gets a ``due_at`` one lease ahead, as a backstop should a bell be lost. A worker that
 died frees its slot when its lease expires (its run is then taken over, or counts no
 more).
@@ -164,7 +166,11 @@ def _hand_over(
 ) -> list[Any]:
     locks = connection.features.has_select_for_update_skip_locked
     chosen: list[Any] = [] if skip is None else [skip]
-    for group in dict.fromkeys(g for g in groups if g):
+    named = list(dict.fromkeys(g for g in groups if g))
+    # In turn with the claims of these groups: a claim that counted this run as running
+    # and is putting its run back in line commits first, so that run is seen here.
+    lock(named)
+    for group in named:
         best = None
         for column in _columns(group):
             line = WorkflowRun.objects.filter(
@@ -205,6 +211,13 @@ def line_up(runs: Sequence[WorkflowRun], now: datetime) -> set[Any]:
         return set()
     room: dict[str, int] = {}
     lined: dict[str, bool] = {}
+    # In turn with claims and hand-overs of these groups (until the caller commits): a
+    # run that ends meanwhile then sees the new runs held, and hands its slot on.
+    lock(
+        group
+        for run in grouped
+        for group, _ in limits_of(run.workflow_id, (run.slot_1, run.slot_2))
+    )
     for run in grouped:
         for group, limit in limits_of(run.workflow_id, (run.slot_1, run.slot_2)):
             if group not in room:

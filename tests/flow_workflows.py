@@ -5,7 +5,6 @@ under a label, so a test can count how many ran at once, and in which order they
 """
 
 import functools
-import os
 import time
 
 from workflows import workflow
@@ -17,9 +16,7 @@ def hold(ctx, label: str, seconds: float) -> dict:
 
     started = time.time()
     time.sleep(seconds)
-    Span.objects.create(
-        run_id=ctx.run_id, label=label, started=started, ended=time.time(), pid=os.getpid()
-    )
+    Span.record(ctx.run_id, label, started)
     return {"started": started}
 
 

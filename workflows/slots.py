@@ -114,7 +114,7 @@ def hold(run_id: Any, run: dict[str, Any], held: Held, now: datetime) -> bool:
         wake_at = due_at = held.until
     else:
         wake_at, due_at = None, None
-        if not _waiting_ahead(held.group, held.reason, run["order_at"], run_id):
+        if not _waiting_ahead(held.group, run["order_at"], run_id):
             due_at = now + timedelta(seconds=conf.get().LEASE_SECONDS)
     fields: dict[str, Any] = {}
     if run["status"] == RunStatus.RUNNING:  # a takeover that found no room: that try was lost
@@ -173,13 +173,11 @@ def _hand_over(
     for group in named:
         best = None
         for column in _columns(group):
-            line = WorkflowRun.objects.filter(
-                Q(wake_at__isnull=True) | Q(wake_at__lte=now),
-                not_paused(),
-                **{column: group},
-                status=RunStatus.QUEUED,
-                held_by__startswith=FOR_SLOT,
-            ).exclude(pk__in=chosen)
+            line = (
+                _held_in(group, column)
+                .filter(Q(wake_at__isnull=True) | Q(wake_at__lte=now), not_paused())
+                .exclude(pk__in=chosen)
+            )
             if after is not None:
                 line = line.filter(order_at__gte=after)
             if locks:
@@ -221,7 +219,7 @@ def line_up(runs: Sequence[WorkflowRun], now: datetime) -> set[Any]:
     for run in grouped:
         for group, limit in limits_of(run.workflow_id, (run.slot_1, run.slot_2)):
             if group not in room:
-                lined[group] = _waiting_ahead(group, None, None, None)
+                lined[group] = _waiting_ahead(group, None, None)
                 room[group] = 0 if lined[group] else max(0, limit - running(group, now, rung=True))
     held = set()
     backstop = now + timedelta(seconds=conf.get().LEASE_SECONDS)
@@ -270,16 +268,19 @@ def _lock_key(group: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
-def _waiting_ahead(
-    group: str | None, reason: str | None, order_at: datetime | None, run_id: Any
-) -> bool:
+def _held_in(group: str, column: str) -> Any:
+    """The queued runs waiting for a slot whose ``column`` (``slot_1``/``slot_2``) is ``group``."""
+    return WorkflowRun.objects.filter(
+        **{column: group}, status=RunStatus.QUEUED, held_by__startswith=FOR_SLOT
+    )
+
+
+def _waiting_ahead(group: str | None, order_at: datetime | None, run_id: Any) -> bool:
     """Whether a run waits for a slot of ``group`` ahead of ``order_at`` (any, if None)."""
     if group is None:
         return False
     for column in _columns(group):
-        line = WorkflowRun.objects.filter(
-            **{column: group}, status=RunStatus.QUEUED, held_by__startswith=FOR_SLOT
-        )
+        line = _held_in(group, column)
         if order_at is not None:
             line = line.filter(order_at__lt=order_at)
         if run_id is not None:

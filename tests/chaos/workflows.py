@@ -150,9 +150,7 @@ def span(ctx, step: str, label: str, seconds: float) -> dict:
 
     started = time.time()
     ledger(ctx, step, seconds)
-    Span.objects.create(
-        run_id=ctx.run_id, label=label, started=started, ended=time.time(), pid=os.getpid()
-    )
+    Span.record(ctx.run_id, label, started)
     return {"started": started}
 
 

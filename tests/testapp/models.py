@@ -1,5 +1,8 @@
 """A ledger that step bodies write to in their own transaction, to count executions."""
 
+import os
+import time
+
 from django.db import models
 
 
@@ -48,6 +51,13 @@ class Span(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["label"])]
+
+    @classmethod
+    def record(cls, run_id: str, label: str, started: float) -> "Span":
+        """Store one execution that began at ``started`` and ends now."""
+        return cls.objects.create(
+            run_id=run_id, label=label, started=started, ended=time.time(), pid=os.getpid()
+        )
 
 
 def most_at_once(spans) -> int:

@@ -48,7 +48,7 @@ FULL = Sizes(
     w2_events=1000,
     w3_events=200,
     w4_events=10_000,
-    w4_spread_s=30.0,
+    w4_spread_s=100.0,
     w5_runs=10_000,
 )
 

@@ -3,9 +3,13 @@
 An event with no ``ts``, or a ``ts`` not in the future, is emitted in the same
 transaction that stores it: the subscribers (the workflow engine) create their runs
 there, so an event sent inside ``transaction.atomic()`` exists and is delivered only if
-that transaction commits. A future ``ts`` stores the event as ``scheduled``; the
-dispatcher emits it when due (:func:`emit_due`), claiming each row conditionally so two
-dispatchers never emit it twice.
+that transaction commits. A future ``ts`` stores the event as ``scheduled``. Once its
+``ts`` is within the timer's horizon (at once when sent that close, else by a dispatcher
+pass, :func:`arm_due`) the event is *armed*: the timer (the workflow engine's doorbell)
+sends a broker message timed for ``ts`` that emits it (:func:`emit_ids`), so it is
+emitted on the broker's clock. The dispatcher still emits whatever is due and not yet
+emitted (:func:`emit_due`): a lost, late or repeated message changes nothing, because
+every emission claims its row conditionally and two never emit the same event.
 """
 
 import contextlib
@@ -13,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, Protocol
 
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
@@ -25,6 +29,23 @@ from eventbus.models import Event, EventStatus, Workspace
 #: Called inside the emitting transaction with the list of newly emitted events.
 Subscriber = Callable[[list[Event]], None]
 _subscribers: list[Subscriber] = []
+
+
+class Timer(Protocol):
+    """Arranges for armed events to be emitted at their ``ts`` (see :func:`set_timer`)."""
+
+    def horizon_ms(self) -> int:
+        """How far ahead of its ``ts`` a dispatcher pass arms an event, in milliseconds."""
+
+    def at_send_ms(self) -> int:
+        """An event sent this close to its ``ts`` is armed at once, in milliseconds (a
+        dispatcher pass might come too late for it)."""
+
+    def arm(self, events: list[tuple[str, int]]) -> None:
+        """Inside the arming transaction: have ``(id, ts)`` emitted at ``ts`` once it commits."""
+
+
+_timer: Timer | None = None
 #: The workspace of the workflow run executing in this context, if any.
 _run_workspace: ContextVar[Workspace | None] = ContextVar("eventbus_run_workspace", default=None)
 
@@ -33,6 +54,13 @@ def subscribe(handler: Subscriber) -> None:
     """Register ``handler`` to be called, in the emitting transaction, on emission."""
     if handler not in _subscribers:
         _subscribers.append(handler)
+
+
+def set_timer(timer: Timer | None) -> None:
+    """Install the timer that emits armed events (the engine's; ``None``: the dispatcher
+    alone emits scheduled events, when its pass finds them due)."""
+    global _timer
+    _timer = timer
 
 
 def now_ms() -> int:
@@ -125,6 +153,7 @@ def store(
     created_at = timezone.now()
     # What the events start later (other processes, days after) continues this trace.
     trace_context = tracing.carrier()
+    arm_before = now + _timer.at_send_ms() if _timer is not None else now
     rows: list[Event] = []
     for index, spec in enumerate(specs):
         ts = spec.ts if spec.ts is not None else now
@@ -137,6 +166,7 @@ def store(
                 ts=ts,
                 idempotency_key=spec.idempotency_key,
                 status=EventStatus.SCHEDULED if ts > now else EventStatus.EMITTED,
+                armed=now < ts <= arm_before,
                 created_at=created_at,
                 emitted_at=None if ts > now else created_at,
                 source_run_id=source_run_id,
@@ -150,6 +180,9 @@ def store(
         emitted = [row for row in fresh if row.status == EventStatus.EMITTED]
         if emitted and deliver:
             _deliver(emitted)
+        armed = [(str(row.id), row.ts) for row in fresh if row.armed]
+        if armed and _timer is not None:
+            _timer.arm(armed)
     return ids
 
 
@@ -218,12 +251,34 @@ def emit_due(limit: int = 500) -> int:
     ``SELECT … FOR UPDATE SKIP LOCKED``), so concurrent dispatchers share the work and
     none is emitted twice.
     """
+    return _emit(Event.objects.due(now_ms()).order_by("ts"), limit)
+
+
+def emit_ids(event_ids: Sequence[str]) -> tuple[int, list[tuple[str, int]]]:
+    """Emit those of ``event_ids`` that are scheduled and due (an armed event's timed
+    message); return how many, and the ``(id, ts)`` of those not yet due.
+
+    An event already emitted (by the dispatcher, or a repeated message) or locked by
+    another emitter is skipped. One not yet due (a message delivered early) is returned
+    for the caller to time again.
+    """
     now = now_ms()
+    early = list(
+        Event.objects.filter(pk__in=event_ids, status=EventStatus.SCHEDULED, ts__gt=now)
+        .values_list("id", "ts")
+        .order_by("ts")
+    )
+    due = Event.objects.due(now).filter(pk__in=event_ids)
+    return _emit(due), [(str(pk), ts) for pk, ts in early]
+
+
+def _emit(due: Any, limit: int | None = None) -> int:
+    """Emit the scheduled events of the queryset ``due`` (up to ``limit``), each once."""
     with transaction.atomic():
-        due = Event.objects.due(now).order_by("ts").select_related("workspace")
+        due = due.select_related("workspace")
         if connection.features.has_select_for_update_skip_locked:
             due = due.select_for_update(skip_locked=True, of=("self",))
-        batch = list(due[:limit])
+        batch = list(due[:limit] if limit is not None else due)
         if not batch:
             return 0
         emitted_at = timezone.now()
@@ -240,3 +295,23 @@ def emit_due(limit: int = 500) -> int:
             event.emitted_at = emitted_at
         _deliver(batch)
     return len(batch)
+
+
+def arm_due(limit: int = 500) -> int:
+    """Arm up to ``limit`` scheduled events whose ``ts`` came within the timer's horizon
+    (each once, however many dispatchers run); return how many."""
+    if _timer is None:
+        return 0
+    horizon = now_ms() + _timer.horizon_ms()
+    with transaction.atomic():
+        near = Event.objects.filter(
+            status=EventStatus.SCHEDULED, armed=False, ts__lte=horizon
+        ).order_by("ts")
+        if connection.features.has_select_for_update_skip_locked:
+            near = near.select_for_update(skip_locked=True)
+        events = [(str(pk), ts) for pk, ts in near.values_list("id", "ts")[:limit]]
+        if not events:
+            return 0
+        Event.objects.filter(pk__in=[pk for pk, _ in events], armed=False).update(armed=True)
+        _timer.arm(events)
+    return len(events)

@@ -72,6 +72,13 @@ class Event(models.Model):
         blank=True,
         help_text="The W3C trace context current when the event was sent (OpenTelemetry).",
     )
+    # The database default lets code of the release before this field insert events
+    # while a deploy is under way (docs/versioning.md).
+    armed = models.BooleanField(
+        default=False,
+        db_default=False,
+        help_text="A timed broker message will emit this scheduled event at its ts.",
+    )
 
     objects = EventQuerySet.as_manager()
 
@@ -90,6 +97,11 @@ class Event(models.Model):
                 fields=["ts"],
                 condition=models.Q(status="scheduled"),
                 name="eventbus_event_scheduled_ts",
+            ),
+            models.Index(
+                fields=["ts"],
+                condition=models.Q(status="scheduled", armed=False),
+                name="eventbus_event_unarmed_ts",
             ),
             models.Index(
                 fields=["workspace", "name", "created_at"],

@@ -16,8 +16,12 @@ from datetime import datetime, timedelta
 import pytest
 from django.utils import timezone
 
-from tests.conftest import purge_test_queue
-from workflows import conf, doorbell
+import eventbus
+from eventbus import bus
+from eventbus.models import Event, EventStatus
+from tests.conftest import purge_test_queue, wait_until
+from workflows import conf, dispatcher, doorbell, tasks
+from workflows.models import RunStatus, WorkflowRun
 
 
 @pytest.fixture(autouse=True)
@@ -32,11 +36,17 @@ def _the_projects_broker(caplog):
     assert not failed, failed
 
 
+def ids_in(message) -> list[str]:
+    """The run ids of an ``execute_run(s)`` message, the event ids of an ``emit_events``."""
+    (first,) = message.decode()[0]
+    return first if isinstance(first, list) else [first]
+
+
 def published(last: str) -> list:
     """Every message now in this session's queue, taken off it (no worker is running).
 
-    Polls until the message of run ``last`` (rung last) has come, however busy the
-    machine, then takes whatever else is there.
+    Polls until the message naming ``last`` (the run or event rung last) has come,
+    however busy the machine, then takes whatever else is there.
     """
     from settings.celery import app
 
@@ -45,7 +55,7 @@ def published(last: str) -> list:
         queue = conn.SimpleQueue(app.conf.task_default_queue, no_ack=True)
         try:
             deadline = time.monotonic() + 60
-            while not any(m.decode()[0] == [last] for m in messages):
+            while not any(last in ids_in(m) for m in messages):
                 assert time.monotonic() < deadline, f"no message for {last} within 60 s"
                 with contextlib.suppress(queue.Empty):
                     messages.append(queue.get(timeout=5))
@@ -79,3 +89,107 @@ def test_a_wake_up_now_or_past_publishes_without_an_eta():
     doorbell.ring([run_id], at=timezone.now() - timedelta(seconds=1))
     (message,) = published(last=run_id)
     assert message.decode()[0] == [run_id] and message.headers.get("eta") is None
+
+
+def eta_of(message) -> datetime:
+    return datetime.fromisoformat(message.headers["eta"])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_deferred_events_are_timed_for_their_ts_once_they_come_within_the_horizon():
+    purge_test_queue()
+    horizon_ms = int(conf.get().ETA_HORIZON_SECONDS * 1000)
+    at_send_ms = doorbell.EventTimer().at_send_ms()
+    far_ts = bus.now_ms() + horizon_ms + 1500
+    far = eventbus.send("doorbell/far", {}, ts=far_ts)
+    middle_ts = bus.now_ms() + (at_send_ms + horizon_ms) // 2
+    middle = eventbus.send("doorbell/middle", {}, ts=middle_ts)
+    near_ts = bus.now_ms() + at_send_ms // 2
+    near = eventbus.send("doorbell/near", {}, ts=near_ts)
+    # Only the near one is timed at once: a dispatcher pass arms the others.
+    (message,) = published(last=near)
+    assert message.headers["task"] == doorbell.EMIT_EVENTS and ids_in(message) == [near]
+    assert eta_of(message).timestamp() * 1000 == near_ts
+    assert [Event.objects.get(pk=pk).armed for pk in (near, middle, far)] == [True, False, False]
+    dispatcher.tick()
+    (message,) = published(last=middle)
+    assert ids_in(message) == [middle] and eta_of(message).timestamp() * 1000 == middle_ts
+    assert not Event.objects.get(pk=far).armed
+    wait_until(lambda: bus.now_ms() + horizon_ms >= far_ts, timeout=10, what="the far ts")
+    dispatcher.tick()
+    (message,) = published(last=far)
+    assert ids_in(message) == [far] and eta_of(message).timestamp() * 1000 == far_ts
+    assert Event.objects.get(pk=far).armed and Event.objects.get(pk=far).status == "scheduled"
+    assert bus.arm_due() == 0  # armed once, by whichever pass came first
+
+
+@pytest.mark.django_db(transaction=True)
+def test_events_due_in_the_same_second_share_one_pending_message():
+    purge_test_queue()
+    base = (bus.now_ms() // 1000 + 3) * 1000  # the start of a second, 2-3 s ahead
+    ids = eventbus.send_batch(
+        [{"name": "doorbell/bucket", "ts": base + offset} for offset in (900, 0, 450)]
+        + [{"name": "doorbell/bucket", "ts": base + 1200}]
+    )
+    dispatcher.tick()
+    messages = published(last=ids[3])
+    assert sorted((eta_of(m).timestamp() * 1000, ids_in(m)) for m in messages) == [
+        (base, [ids[1], ids[2], ids[0]]),
+        (base + 1200, [ids[3]]),
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_timed_message_emits_its_events_once_and_times_an_early_one_again():
+    purge_test_queue()
+    soon = bus.now_ms() + 1500  # not armed at send: nothing is published
+    later = bus.now_ms() + 8000
+    first, second = eventbus.send_batch(
+        [{"name": "doorbell/soon", "ts": soon}, {"name": "doorbell/later", "ts": later}]
+    )
+    wait_until(lambda: bus.now_ms() >= soon, timeout=10, what="the first ts")
+    # One message for both, as if delivered early for the second.
+    assert tasks.emit_events([first, second]) == 1
+    assert Event.objects.get(pk=first).status == EventStatus.EMITTED
+    assert Event.objects.get(pk=second).status == EventStatus.SCHEDULED
+    (message,) = published(last=second)  # the early one is timed again, for its ts
+    assert ids_in(message) == [second] and eta_of(message).timestamp() * 1000 == later
+    # A repeated message, or the dispatcher after it, emits nothing again.
+    emitted_at = Event.objects.get(pk=first).emitted_at
+    assert tasks.emit_events([first]) == 0
+    assert bus.emit_due() == 0
+    assert Event.objects.get(pk=first).emitted_at == emitted_at
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_armed_event_whose_message_was_lost_is_emitted_by_the_dispatcher():
+    purge_test_queue()
+    ts = bus.now_ms() + 4000  # reading the queue back takes a second or more
+    event_id = eventbus.send("doorbell/lost", {}, ts=ts)
+    assert dispatcher.tick()["emitted"] == 0  # armed, not due yet
+    published(last=event_id)  # its message, taken off the queue: lost
+    assert Event.objects.get(pk=event_id).armed
+    wait_until(lambda: bus.now_ms() >= ts, timeout=10, what="the ts")
+    assert dispatcher.tick()["emitted"] == 1
+    assert Event.objects.get(pk=event_id).status == EventStatus.EMITTED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_far_wake_up_is_rung_with_its_eta_by_the_pass_that_nears_it():
+    from tests.conftest import start_run
+
+    purge_test_queue()
+    horizon = timedelta(seconds=conf.get().ETA_HORIZON_SECONDS)
+    run = start_run("test/steps", {"steps": 1})
+    wake = timezone.now() + horizon + timedelta(seconds=1.5)
+    WorkflowRun.objects.filter(pk=run.pk).update(
+        status=RunStatus.SLEEPING, wake_at=wake, due_at=wake
+    )
+    assert dispatcher.tick()["rung"] == 0  # not within the horizon yet
+    wait_until(lambda: timezone.now() + horizon >= wake, timeout=10, what="the horizon")
+    assert dispatcher.tick()["rung"] == 1
+    (message,) = published(last=str(run.pk))
+    assert eta_of(message) == wake
+    timeout = timedelta(seconds=conf.get().RING_TIMEOUT_SECONDS)
+    assert WorkflowRun.objects.get(pk=run.pk).due_at == wake + timeout
+    assert dispatcher.tick()["rung"] == 0  # rung once: the next bell is the backstop

@@ -90,6 +90,26 @@ def test_deferred_events_are_emitted_once_not_early_and_soon_after_ts(start_work
         assert row.delivered_ms - ts < DEFERRED_LATENESS_MS, (row.delivered_ms - ts, log)
 
 
+def test_deferred_events_are_emitted_by_their_timed_message_with_no_dispatcher(
+    start_worker, monkeypatch
+):
+    # The worker runs no dispatcher: only the messages timed for the events' ts when
+    # they were stored (this close to ts, at once) can emit them, once each, never early.
+    monkeypatch.setenv(EMISSION_LOG_ENV, "1")
+    start_worker(env={"WORKFLOWS_TEST_NO_DISPATCHER": "1"})
+    now = bus.now_ms()
+    due = [now + 500 + 100 * i for i in range(5)]  # within EventTimer.at_send_ms()
+    ids = eventbus.send_batch(
+        [{"name": "test/child", "data": {"i": 1000 + i}, "ts": ts} for i, ts in enumerate(due)]
+    )
+    assert all(event.armed for event in Event.objects.filter(pk__in=ids))
+    wait_until(all_finished(expected=5), timeout=60, what="the runs of the deferred events")
+    log = list(EmissionLog.objects.filter(event_id__in=ids))
+    assert Counter(str(row.event_id) for row in log) == dict.fromkeys(ids, 1)
+    ts_of = dict(zip(ids, due, strict=True))
+    assert all(row.delivered_ms >= ts_of[str(row.event_id)] for row in log), log  # not early
+
+
 def test_duplicate_messages_never_run_a_step_twice(worker):
     eventbus.send("test/steps", {"steps": 3, "step_seconds": 0.2})
     run = WorkflowRun.objects.get()

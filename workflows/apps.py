@@ -15,6 +15,7 @@ class WorkflowsConfig(AppConfig):
         from eventbus import bus, tracing, validation
         from workflows import (  # noqa: F401
             checks,
+            doorbell,
             lifecycle,
             registry,
             subscribers,
@@ -28,4 +29,6 @@ class WorkflowsConfig(AppConfig):
         tracing.use_namespace(telemetry.NAMESPACE)
         bus.subscribe(subscribers.start_runs)
         bus.subscribe(subscribers.resolve_waits)
+        # Scheduled events are emitted on the broker's clock once their ts is near.
+        bus.set_timer(doorbell.EventTimer())
         registry.autodiscover()

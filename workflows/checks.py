@@ -63,6 +63,17 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 id="workflows.W002",
             )
         )
+    if cfg.ETA_HORIZON_SECONDS <= 2 * cfg.DISPATCH_INTERVAL_SECONDS:
+        messages.append(
+            checks.Warning(
+                f"WORKFLOWS['ETA_HORIZON_SECONDS'] ({cfg.ETA_HORIZON_SECONDS:g}s) is not "
+                f"above twice DISPATCH_INTERVAL_SECONDS ({cfg.DISPATCH_INTERVAL_SECONDS:g}s): "
+                "a dispatcher pass may find a wake-up or deferred event only once it is "
+                "due, and ring it late instead of on the broker's clock",
+                hint="Keep ETA_HORIZON_SECONDS several dispatcher intervals long (default 10).",
+                id="workflows.W004",
+            )
+        )
     accept = getattr(settings, "CELERY_ACCEPT_CONTENT", None) or ["json"]
     if any("pickle" in str(item) for item in accept):
         messages.append(

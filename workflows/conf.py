@@ -18,10 +18,12 @@ class WorkflowsSettings:
     #: Seconds after which a queued run that no worker claimed is rung again (its
     #: message may have been lost, e.g. a broker restarted empty).
     RING_TIMEOUT_SECONDS: float = 30.0
-    #: Wake-ups due within this many seconds are also sent to the broker with an
-    #: ``eta``; later ones wait in the database for the dispatcher. Keep it well below
-    #: the broker's redelivery limit (Redis ``visibility_timeout``).
-    ETA_HORIZON_SECONDS: float = 30.0
+    #: Wake-ups and deferred events due within this many seconds are sent to the broker
+    #: with an ``eta`` (so they run on its clock); later ones wait in the database until
+    #: a dispatcher pass finds them this close. A worker holds the messages of this
+    #: window in memory. Keep it well below the broker's redelivery limit (Redis
+    #: ``visibility_timeout``) and well above ``DISPATCH_INTERVAL_SECONDS``.
+    ETA_HORIZON_SECONDS: float = 10.0
     #: Seconds between two passes of the dispatcher.
     DISPATCH_INTERVAL_SECONDS: float = 0.25
     #: Rows the dispatcher handles per query.

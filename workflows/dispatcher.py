@@ -2,14 +2,17 @@
 
 Each pass (:func:`tick`):
 
-1. emits scheduled events whose ``ts`` has come (each exactly once);
+1. arms scheduled events whose ``ts`` comes within ``ETA_HORIZON_SECONDS`` (a message
+   timed for their ``ts`` emits them, :class:`workflows.doorbell.EventTimer`), and emits
+   those whose ``ts`` has come and that no message emitted yet (each exactly once);
 2. fires the schedules whose next slot has come (:mod:`workflows.firing`; the ``cron=``
    of the registered workflows are reconciled with the database on the first pass),
    and the debounces and batches whose timer has come (:mod:`workflows.gates`);
-3. rings for active runs whose ``due_at`` has passed: sleeps that ended, retries whose
-   backoff ended, queued runs whose message was lost, running runs whose worker died
-   (lease expired). Their ``due_at`` moves ``RING_TIMEOUT_SECONDS`` ahead, so a run is
-   rung again only if that bell goes unanswered too.
+3. rings for active runs whose ``due_at`` comes within ``ETA_HORIZON_SECONDS``, with
+   an ``eta`` of their ``due_at``: sleeps that end, retries whose backoff ends, queued
+   runs whose message was lost, running runs whose worker died (lease expired). Their
+   ``due_at`` moves ``RING_TIMEOUT_SECONDS`` ahead, so a run is rung again only if that
+   bell goes unanswered too.
 
 Rows are taken with ``SELECT … FOR UPDATE SKIP LOCKED`` where the database has it, so any
 number of dispatchers can run at once. By default every Celery worker runs one in a
@@ -32,6 +35,8 @@ logger = logging.getLogger("workflows.dispatcher")
 def tick() -> dict[str, int]:
     """One pass; returns how many events were emitted, schedules fired and runs rung."""
     settings = conf.get()
+    while bus.arm_due(settings.DISPATCH_BATCH) == settings.DISPATCH_BATCH:
+        pass
     emitted = 0
     while True:
         count = bus.emit_due(settings.DISPATCH_BATCH)
@@ -62,11 +67,12 @@ def tick() -> dict[str, int]:
 
 
 def ring_due_runs(limit: int) -> int:
-    """Ring for up to ``limit`` active runs whose ``due_at`` has passed."""
+    """Ring for up to ``limit`` active runs whose ``due_at`` comes within the eta
+    horizon, each at its ``due_at``."""
     with transaction.atomic():
-        ids = runstore.take_due(limit)
-        doorbell.ring_on_commit(ids)
-    return len(ids)
+        due = runstore.take_due(limit, ahead=conf.get().ETA_HORIZON_SECONDS)
+        doorbell.ring_due_on_commit(due)
+    return len(due)
 
 
 class DispatcherThread(threading.Thread):

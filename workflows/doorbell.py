@@ -8,6 +8,12 @@ Many runs rung at once (a fan-out, a dispatcher pass) share messages: up to
 ``RING_BATCH_SIZE`` run ids each, but never fewer than four messages when there are at
 least four runs, so that several workers share the work.
 
+A wake-up within ``ETA_HORIZON_SECONDS`` is sent with a Celery ``eta``, so the broker's
+clock rings it on time; a later one is left to the database, and a dispatcher pass
+rings it once it comes within the horizon (:func:`ring_due`). Scheduled events are
+timed the same way (:class:`EventTimer`): a worker then holds only the messages of the
+next ``ETA_HORIZON_SECONDS``, however much work is pending.
+
 Messages name the tasks of :mod:`workflows.tasks` rather than importing them, so the
 layers below the engine never depend on the engine above them.
 """
@@ -15,7 +21,7 @@ layers below the engine never depend on the engine above them.
 import logging
 import math
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery import current_app
@@ -31,6 +37,7 @@ _override = None
 #: Names of the tasks a bell asks for (defined in :mod:`workflows.tasks`).
 EXECUTE_RUN = "workflows.execute_run"
 EXECUTE_RUNS = "workflows.execute_runs"
+EMIT_EVENTS = "workflows.emit_events"
 #: Most run ids one message may carry: ``RING_BATCH_SIZE`` may not exceed it, and a
 #: worker drops a longer list as forged (it would hold a pool process for long).
 MAX_RUN_IDS = 1000
@@ -46,12 +53,8 @@ def ring(run_ids: Iterable[Any], *, at: datetime | None = None) -> None:
     if _override is not None:
         _override(ids, at)
         return
-    # The tasks store no result; saying so here keeps a result backend from preparing
-    # for one (Redis would subscribe to a result channel per message).
-    options: dict[str, Any] = {"ignore_result": True}
+    options = _options()
     settings = conf.get()
-    if settings.QUEUE:
-        options["queue"] = settings.QUEUE
     if at is not None and at > timezone.now():
         if at - timezone.now() > timedelta(seconds=settings.ETA_HORIZON_SECONDS):
             return  # too far ahead for the broker: the dispatcher rings when it is due
@@ -69,6 +72,90 @@ def ring(run_ids: Iterable[Any], *, at: datetime | None = None) -> None:
             len(ids),
             exc_info=True,
         )
+
+
+def ring_due(due: Iterable[tuple[Any, datetime]]) -> None:
+    """Ring each ``(run id, due_at)`` at its ``due_at`` (at once if it has passed)."""
+    now = timezone.now()
+    by_time: dict[datetime | None, list[Any]] = {}
+    for run_id, at in due:
+        by_time.setdefault(at if at > now else None, []).append(run_id)
+    for at, ids in by_time.items():
+        ring(ids, at=at)
+
+
+def ring_due_on_commit(due: Iterable[tuple[Any, datetime]]) -> None:
+    """:func:`ring_due` once the current transaction commits."""
+    due = list(due)
+    if due:
+        transaction.on_commit(lambda: ring_due(due), robust=True)
+
+
+#: Armed events whose ``ts`` falls in the same span of this many milliseconds share one
+#: pending message (see :class:`EventTimer`).
+BUCKET_MS = 1000
+
+
+class EventTimer:
+    """The event bus's timer (:class:`eventbus.bus.Timer`): an event armed within
+    ``ETA_HORIZON_SECONDS`` of its ``ts`` is emitted by a message with that ``eta``.
+
+    Armed events share messages: one per second of ``ts`` (``BUCKET_MS``) per arming,
+    timed for the earliest of them. The task emits what is due and times one message
+    for the rest of its events, at the next ``ts`` among them. So a worker holds a few
+    messages per second of the horizon, not one per pending event, and events due
+    close together are emitted together.
+    """
+
+    def horizon_ms(self) -> int:
+        """``ETA_HORIZON_SECONDS``, in milliseconds."""
+        return int(conf.get().ETA_HORIZON_SECONDS * 1000)
+
+    def at_send_ms(self) -> int:
+        """Four dispatcher intervals, at least a second (within the horizon)."""
+        settings = conf.get()
+        return min(self.horizon_ms(), max(1000, int(4000 * settings.DISPATCH_INTERVAL_SECONDS)))
+
+    def arm(self, events: list[tuple[str, int]]) -> None:
+        """Send the timed messages for ``events`` once the arming transaction commits."""
+        if events:
+            transaction.on_commit(lambda: time_events(events), robust=True)
+
+
+def time_events(events: Iterable[tuple[str, int]]) -> None:
+    """Send messages that emit the ``(event id, ts)`` at their ``ts``: one per
+    ``BUCKET_MS`` of ``ts`` (at most ``MAX_RUN_IDS`` ids each), timed for its earliest."""
+    if _override is not None:
+        return  # tests without a broker: their dispatcher pass emits what is due
+    buckets: dict[int, list[tuple[int, str]]] = {}
+    for event_id, ts in events:
+        buckets.setdefault(ts // BUCKET_MS, []).append((ts, str(event_id)))
+    options = _options()
+    try:
+        for _, bucket in sorted(buckets.items()):
+            bucket.sort()
+            for lo in range(0, len(bucket), MAX_RUN_IDS):
+                part = bucket[lo : lo + MAX_RUN_IDS]
+                eta = datetime.fromtimestamp(part[0][0] / 1000, tz=UTC)
+                ids = [event_id for _, event_id in part]
+                current_app.send_task(EMIT_EVENTS, (ids,), eta=eta, **options)
+    except Exception:
+        # The events stay scheduled: the dispatcher emits them once they are due.
+        logger.warning(
+            "could not time %d event(s); the dispatcher will emit them",
+            sum(map(len, buckets.values())),
+            exc_info=True,
+        )
+
+
+def _options() -> dict[str, Any]:
+    # The tasks store no result; saying so here keeps a result backend from preparing
+    # for one (Redis would subscribe to a result channel per message).
+    options: dict[str, Any] = {"ignore_result": True}
+    queue = conf.get().QUEUE
+    if queue:
+        options["queue"] = queue
+    return options
 
 
 def chunks(ids: list[str], batch_size: int) -> list[list[str]]:

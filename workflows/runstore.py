@@ -27,8 +27,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Case, F, PositiveIntegerField, Q, When
-from django.db.models.functions import Coalesce
+from django.db.models import Case, F, PositiveIntegerField, Q, Value, When
+from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
 from workflows import conf, models, runstore_pg, slots
@@ -83,21 +83,26 @@ def stored(run_ids: Sequence[Any]) -> set[Any]:
     return set(WorkflowRun.objects.filter(pk__in=run_ids).values_list("pk", flat=True))
 
 
-def take_due(limit: int) -> list[Any]:
-    """In a transaction: up to ``limit`` active runs whose ``due_at`` has passed.
+def take_due(limit: int, *, ahead: float = 0.0) -> list[tuple[Any, datetime]]:
+    """In a transaction: up to ``limit`` active runs whose ``due_at`` comes within
+    ``ahead`` seconds, as ``(id, due_at)``: the caller rings each at its ``due_at``.
 
-    Their ``due_at`` moves ``RING_TIMEOUT_SECONDS`` ahead, so they are rung again only
-    if this bell goes unanswered too. Rows locked by another dispatcher are skipped.
-    The runs come in line order (``order_at``: creation time less the priority).
+    Their ``due_at`` moves ``RING_TIMEOUT_SECONDS`` past the later of it and now, so they
+    are rung again only if this bell goes unanswered too. Rows locked by another
+    dispatcher are skipped. The runs come in line order (``order_at``: creation time
+    less the priority).
     """
     now = timezone.now()
-    due = WorkflowRun.objects.due(now).order_by("order_at")
+    due = WorkflowRun.objects.due(now + timedelta(seconds=ahead)).order_by("order_at")
     if connection.features.has_select_for_update_skip_locked:
         due = due.select_for_update(skip_locked=True)
-    ids = list(due.values_list("pk", flat=True)[:limit])
-    if ids:
-        WorkflowRun.objects.filter(pk__in=ids).update(due_at=ring_due(now))
-    return ids
+    taken = list(due.values_list("pk", "due_at")[:limit])
+    if taken:
+        timeout = timedelta(seconds=conf.get().RING_TIMEOUT_SECONDS)
+        WorkflowRun.objects.filter(pk__in=[pk for pk, _ in taken]).update(
+            due_at=Greatest(F("due_at"), Value(now)) + timeout
+        )
+    return taken
 
 
 # --- claiming and the lease -----------------------------------------------------------

@@ -6,6 +6,7 @@ import uuid
 from celery import shared_task
 from django import db
 
+from eventbus import bus
 from workflows import dispatcher, doorbell, engine
 from workflows.exceptions import EngineInterrupt
 
@@ -16,14 +17,14 @@ logger = logging.getLogger("workflows.tasks")
 _LOGGED = 100
 
 
-def _canonical(run_id: object) -> str | None:
-    """The run id in its canonical form, or ``None`` (logged) if it is not a UUID string."""
+def _canonical(run_id: object, what: str = "run") -> str | None:
+    """The id in its canonical form, or ``None`` (logged) if it is not a UUID string."""
     if isinstance(run_id, str) and len(run_id) <= 45:
         try:
             return str(uuid.UUID(run_id))
         except ValueError:
             pass
-    logger.error("dropping a message with a malformed run id: %s", repr(run_id)[:_LOGGED])
+    logger.error("dropping a message with a malformed %s id: %s", what, repr(run_id)[:_LOGGED])
     return None
 
 
@@ -70,6 +71,30 @@ def execute_runs(run_ids: list[str]) -> dict[str, int]:
                 outcome = "interrupted"
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
     return outcomes
+
+
+@shared_task(name=doorbell.EMIT_EVENTS, ignore_result=True)
+def emit_events(event_ids: list[str]) -> int:
+    """Emit the armed events ``event_ids`` whose ``ts`` has come; return how many.
+
+    The message was timed for their ``ts`` (:class:`workflows.doorbell.EventTimer`).
+    Each event is claimed as the dispatcher claims it, so one already emitted (by the
+    dispatcher, or a repeated message) is skipped; one not yet due (a message early)
+    is timed again.
+    """
+    if not isinstance(event_ids, list) or len(event_ids) > doorbell.MAX_RUN_IDS:
+        size = len(event_ids) if isinstance(event_ids, list) else type(event_ids).__name__
+        logger.error(
+            "dropping an emit_events message with %s event ids: expected a list of at most %d",
+            size,
+            doorbell.MAX_RUN_IDS,
+        )
+        return 0
+    ids = [pk for pk in (_canonical(value, "event") for value in event_ids) if pk is not None]
+    db.close_old_connections()
+    emitted, early = bus.emit_ids(ids)
+    doorbell.time_events(early)
+    return emitted
 
 
 @shared_task(name="workflows.dispatch", ignore_result=True)

@@ -989,6 +989,23 @@ def test_a_generator_of_100000_events_is_refused_in_bounded_memory():
 
 # --- configuration the broker could not honour -----------------------------------------------
 @pytest.mark.parametrize(
+    ("horizon", "interval", "expected"),
+    [(0.5, 0.25, ["workflows.W004"]), (1.0, 0.5, ["workflows.W004"]), (10, 0.25, [])],
+)
+def test_system_check_warns_when_the_eta_horizon_is_too_short_for_the_dispatcher(
+    settings, horizon, interval, expected
+):
+    from workflows import checks
+
+    settings.CELERY_BROKER_URL = "filesystem://"
+    settings.WORKFLOWS = {"ETA_HORIZON_SECONDS": horizon, "DISPATCH_INTERVAL_SECONDS": interval}
+    messages = checks.check_settings()
+    assert [m.id for m in messages] == expected
+    for message in messages:
+        assert f"ETA_HORIZON_SECONDS'] ({horizon:g}s) is not above twice" in message.msg
+
+
+@pytest.mark.parametrize(
     ("broker", "options", "horizon", "expected"),
     [
         ("redis://127.0.0.1:6379/0", {"visibility_timeout": 20}, 30, ["workflows.W001"]),

@@ -111,6 +111,12 @@ def test_forged_messages_are_dropped_with_a_short_log_line(caplog):
     # Any spelling of a UUID is understood (here a urn), and the run executes.
     with testing.no_broker():
         assert tasks.execute_run(f"urn:uuid:{run_id}") == "completed"
+    # A forged emit_events message: too long a list, not a list, ids that are no UUID.
+    assert tasks.emit_events([str(uuid.uuid4())] * (doorbell.MAX_RUN_IDS + 1)) == 0
+    assert tasks.emit_events("x" * 5_000_000) == 0
+    assert tasks.emit_events([123, "x" * 5_000_000, str(uuid.uuid4())]) == 0
+    assert "malformed event id" in caplog.text
+    assert all(len(record.getMessage()) < 300 for record in caplog.records)
 
 
 @pytest.mark.django_db

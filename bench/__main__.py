@@ -70,6 +70,8 @@ def main(argv: list[str]) -> int:
             contenders.append(peers.Ours())
         elif name == "ours-sync":
             contenders.append(peers.OursSync())
+        elif name == "ours-pgbouncer":
+            contenders.append(peers.OursPgBouncer())
         elif name == "celery":
             contenders.append(peers.CeleryPeer())
         elif name == "dbos":
@@ -82,7 +84,9 @@ def main(argv: list[str]) -> int:
                 )
                 runner.log(notes[-1])
         else:
-            raise SystemExit(f"unknown peer {name!r}; choose among ours, ours-sync, celery, dbos")
+            raise SystemExit(
+                f"unknown peer {name!r}; choose among ours, ours-sync, ours-pgbouncer, celery, dbos"
+            )
     try:
         results = runner.run(sizes, args.workers, contenders, only)
     except KeyboardInterrupt:

@@ -7,11 +7,13 @@ plain figures in seconds or bytes; :mod:`bench.__main__` turns them into the rep
 
 import contextlib
 import json
+import os
 import subprocess
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 from bench import config, marks, procs, stats
 
@@ -239,6 +241,88 @@ class OursSync(Ours):
 
     name = "ours-sync"
     worker_env = {"BENCH_SYNCHRONOUS_COMMIT": "1"}
+
+
+class OursPgBouncer(Ours):
+    """This project with its workers and the driver connected through PgBouncer in
+    transaction pooling mode (``WORKFLOWS_PGBOUNCER=1``): ``BENCH_PGBOUNCER_URL``
+    (``postgresql://user@host:port``, pooling onto the bench's server), or one the bench
+    starts for the run on a free port (Debian's ``pgbouncer`` package)."""
+
+    name = "ours-pgbouncer"
+
+    def __init__(self) -> None:
+        super().__init__()
+        import urllib.parse
+
+        url = os.environ.get("BENCH_PGBOUNCER_URL") or self._start_bouncer()
+        parts = urllib.parse.urlsplit(url)
+        self.bouncer = {"HOST": parts.hostname, "PORT": str(parts.port or 6432)}
+        self.worker_env = {
+            "DATABASE_URL": f"{url.rstrip('/')}/{config.MAIN_DB}",
+            "WORKFLOWS_PGBOUNCER": "1",
+        }
+
+    def _start_bouncer(self) -> str:
+        import atexit
+        import shutil
+        import socket
+        import tempfile
+        import urllib.parse
+
+        server = urllib.parse.urlsplit(config.PG_SERVER)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        folder = Path(tempfile.mkdtemp(prefix="bench-pgbouncer-"))
+        (folder / "userlist.txt").write_text(f'"{server.username or "postgres"}" ""\n')
+        (folder / "pgbouncer.ini").write_text(
+            f"[databases]\n* = host={server.hostname} port={server.port or 5432}\n"
+            f"[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n"
+            f"unix_socket_dir =\nauth_type = trust\nauth_file = {folder}/userlist.txt\n"
+            "pool_mode = transaction\nmax_client_conn = 200\ndefault_pool_size = 20\n"
+            "ignore_startup_parameters = extra_float_digits,options\n"
+        )
+        command = ["pgbouncer", str(folder / "pgbouncer.ini")]
+        if os.geteuid() == 0:  # pgbouncer refuses to run as root
+            shutil.chown(folder, "postgres")
+            command[1:1] = ["-u", "postgres"]
+        log = open(config.RESULTS_DIR / "workers.log", "ab")  # noqa: SIM115 - the child's
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+
+        def stop() -> None:
+            proc.terminate()
+            proc.wait(timeout=10)
+            shutil.rmtree(folder, ignore_errors=True)
+
+        atexit.register(stop)
+        if not procs.wait_until(lambda: _port_open(port) or proc.poll() is not None, 15):
+            raise RuntimeError("pgbouncer did not start (see bench/results/workers.log)")
+        if proc.poll() is not None:
+            raise RuntimeError("pgbouncer exited at start (see bench/results/workers.log)")
+        return f"postgresql://{server.username or 'postgres'}@127.0.0.1:{port}"
+
+    @contextlib.contextmanager
+    def workers(self, count: int) -> Iterator[None]:
+        """As :meth:`Ours.workers`; the driver's sends and reads go through the bouncer."""
+        settings = self.connection.settings_dict  # shared by the driver's threads
+        saved = {key: settings.get(key) for key in (*self.bouncer, "DISABLE_SERVER_SIDE_CURSORS")}
+        self.connection.close()
+        settings.update(self.bouncer, DISABLE_SERVER_SIDE_CURSORS=True)
+        try:
+            with super().workers(count):
+                yield
+        finally:
+            self.connection.close()
+            settings.update(saved)
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 class CeleryPeer:

@@ -4,6 +4,8 @@ Configuration comes from the environment:
 
 - ``DATABASE_URL``: default ``sqlite:///var/db.sqlite3`` under the repository (no server).
   ``postgresql://user@host:5432/name`` works as well.
+- ``WORKFLOWS_PGBOUNCER=1``: ``DATABASE_URL`` is a PgBouncer in transaction pooling mode
+  (no server-side cursors, no prepared statements; see docs/operations.md).
 - ``CELERY_BROKER_URL``: default ``filesystem://``, an embedded broker that keeps its
   messages in ``var/broker/`` (no server). ``redis://…`` and ``amqp://…`` work as well.
 - ``DJANGO_SECRET_KEY``, ``DJANGO_DEBUG``, ``DJANGO_ALLOWED_HOSTS`` for a real deployment.
@@ -85,6 +87,16 @@ def _database_from_env() -> dict:
         }
         # Tests run a real worker process, which cannot see an in-memory database.
         config["TEST"] = {"NAME": str(Path(config["NAME"]).with_suffix(".test.sqlite3"))}
+    elif os.environ.get("WORKFLOWS_PGBOUNCER") == "1":
+        # DATABASE_URL is a PgBouncer in transaction pooling mode: consecutive
+        # transactions of one connection may run on different server sessions, so
+        # nothing may outlive a transaction. Django's server-side cursors (``.iterator()``
+        # outside ``atomic``: a cursor WITH HOLD, fetched later) would be lost, and
+        # prepared statements (psycopg prepares a query after ``prepare_threshold``
+        # executions) would be missing on the next session: Django leaves them off by
+        # default (``None``), and this keeps them off.
+        config["DISABLE_SERVER_SIDE_CURSORS"] = True
+        config.setdefault("OPTIONS", {})["prepare_threshold"] = None
     return config
 
 

@@ -988,6 +988,21 @@ def test_a_generator_of_100000_events_is_refused_in_bounded_memory():
 
 
 # --- configuration the broker could not honour -----------------------------------------------
+def test_system_check_refuses_server_side_binding_on_postgresql(settings):
+    from workflows import checks
+
+    settings.DATABASES = {
+        **settings.DATABASES,
+        "other": {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": "x",
+            "OPTIONS": {"server_side_binding": True},
+        },
+    }
+    (message,) = [m for m in checks.check_settings() if m.id == "workflows.E004"]
+    assert "DATABASES['other']['OPTIONS']['server_side_binding'] is True" in message.msg
+
+
 @pytest.mark.parametrize(
     ("horizon", "interval", "expected"),
     [(0.5, 0.25, ["workflows.W004"]), (1.0, 0.5, ["workflows.W004"]), (10, 0.25, [])],

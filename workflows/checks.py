@@ -36,6 +36,18 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 id="workflows.E003",
             )
         )
+    for alias, database in settings.DATABASES.items():
+        options = database.get("OPTIONS") or {}
+        if "postgresql" in database.get("ENGINE", "") and options.get("server_side_binding"):
+            messages.append(
+                checks.Error(
+                    f"DATABASES[{alias!r}]['OPTIONS']['server_side_binding'] is True: the "
+                    "engine sends statements of two commands (SET LOCAL …; UPDATE …), which "
+                    "PostgreSQL refuses to prepare",
+                    hint="Remove server_side_binding (Django's default is client-side binding).",
+                    id="workflows.E004",
+                )
+            )
     broker = getattr(settings, "CELERY_BROKER_URL", "") or ""
     if isinstance(broker, list | tuple):  # failover URLs: the first one is tried first
         broker = broker[0] if broker else ""

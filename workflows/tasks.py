@@ -28,6 +28,22 @@ def _canonical(run_id: object, what: str = "run") -> str | None:
     return None
 
 
+def _id_list(ids: object, task: str, what: str) -> bool:
+    """Whether ``ids`` is a list a message may carry; if not, the message is logged as
+    dropped (a longer list would hold a pool process for long)."""
+    if isinstance(ids, list) and len(ids) <= doorbell.MAX_RUN_IDS:
+        return True
+    size = len(ids) if isinstance(ids, list) else type(ids).__name__
+    logger.error(
+        "dropping an %s message with %s %s ids: expected a list of at most %d",
+        task,
+        size,
+        what,
+        doorbell.MAX_RUN_IDS,
+    )
+    return False
+
+
 @shared_task(name=doorbell.EXECUTE_RUN, ignore_result=True)
 def execute_run(run_id: str) -> str:
     """Execute the run ``run_id`` if it is runnable; a duplicate message is a no-op."""
@@ -51,13 +67,7 @@ def execute_runs(run_ids: list[str]) -> dict[str, int]:
     run that cannot be stored does not stop the others.
     """
     outcomes: dict[str, int] = {}
-    if not isinstance(run_ids, list) or len(run_ids) > doorbell.MAX_RUN_IDS:
-        size = len(run_ids) if isinstance(run_ids, list) else type(run_ids).__name__
-        logger.error(
-            "dropping an execute_runs message with %s run ids: expected a list of at most %d",
-            size,
-            doorbell.MAX_RUN_IDS,
-        )
+    if not _id_list(run_ids, "execute_runs", "run"):
         return {"invalid": 1}
     for run_id in map(_canonical, run_ids):
         if run_id is None:
@@ -82,13 +92,7 @@ def emit_events(event_ids: list[str]) -> int:
     dispatcher, or a repeated message) is skipped; one not yet due (a message early)
     is timed again.
     """
-    if not isinstance(event_ids, list) or len(event_ids) > doorbell.MAX_RUN_IDS:
-        size = len(event_ids) if isinstance(event_ids, list) else type(event_ids).__name__
-        logger.error(
-            "dropping an emit_events message with %s event ids: expected a list of at most %d",
-            size,
-            doorbell.MAX_RUN_IDS,
-        )
+    if not _id_list(event_ids, "emit_events", "event"):
         return 0
     ids = [pk for pk in (_canonical(value, "event") for value in event_ids) if pk is not None]
     db.close_old_connections()

@@ -107,6 +107,8 @@ class Execution:
             owners = [run.parent_id, run.pk]
         else:
             owners = [run.pk]
+        if memos is None and _no_memos_yet(run):
+            memos = []
         if memos is None:
             memos = _memos(StepResult.objects.filter(run_id__in=owners))
         # A branch's own memo wins over a parent's memo under the same key.
@@ -415,6 +417,13 @@ def _caller_site() -> str:
     """``file:line`` of the workflow code that called ``ctx.patched`` (two frames up)."""
     frame = sys._getframe(3)
     return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+
+
+def _no_memos_yet(run: WorkflowRun) -> bool:
+    """Whether the claim that gave us ``run`` found it never started (PostgreSQL's claim
+    says so): then it has no memo to read, unless it is a replay (its copied memos) or
+    a branch (its parent's)."""
+    return getattr(run, "first_start", False) and not run.is_branch and run.replay_of_id is None
 
 
 def _memos(rows: Any) -> list[StepResult]:

@@ -139,7 +139,7 @@ def _claim_statement(kind: str) -> tuple[str, dict[str, Any], Any, Any, Any]:
             )
             shaped = f"""
         UNION ALL
-        SELECT false, {_columns(WorkflowRun, f'"{runs}"')}, {blanks}
+        SELECT false, {_columns(WorkflowRun, f'"{runs}"')}, {blanks}, NULL
         FROM "{runs}"
         WHERE "{runs}".id = %(id)s AND NOT EXISTS (SELECT 1 FROM claimed) AND ({held_back})
         """
@@ -164,7 +164,8 @@ def _claim_statement(kind: str) -> tuple[str, dict[str, Any], Any, Any, Any]:
             ) AND status = '{StepStatus.SLEEPING}' AND wake_at <= %(now)s
         )
         SELECT true, {_columns(WorkflowRun, "claimed")}, {_columns(event_model, "e")},
-            {_columns(workspace_model, "w")}
+            {_columns(workspace_model, "w")},
+            claimed.old_status = '{RunStatus.QUEUED}' AND claimed.old_started IS NULL
         FROM claimed
         JOIN "{event_model._meta.db_table}" AS e ON e.id = claimed.event_id
         JOIN "{workspace_model._meta.db_table}" AS w ON w.id = claimed.workspace_id
@@ -197,7 +198,7 @@ def claim(run_id: Any, token: str, now: datetime, lease: datetime) -> WorkflowRu
     if not row[0]:
         held_back = load_run(row[1 : 1 + len(WorkflowRun._meta.concrete_fields)])
         return {f.attname: getattr(held_back, f.attname) for f in WorkflowRun._meta.concrete_fields}
-    return _loaded(row[1:], load_run, load_event, load_workspace)
+    return _loaded(row, load_run, load_event, load_workspace)
 
 
 def claim_admitted(
@@ -216,15 +217,19 @@ def claim_admitted(
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         row = cursor.fetchone()
-    return None if row is None else _loaded(row[1:], load_run, load_event, load_workspace)
+    return None if row is None else _loaded(row, load_run, load_event, load_workspace)
 
 
 def _loaded(row: tuple, load_run: Any, load_event: Any, load_workspace: Any) -> WorkflowRun:
+    """The claimed run from a claim's row: flag, run, event, workspace, first start."""
     n_run = len(WorkflowRun._meta.concrete_fields)
     n_event = len(WorkflowRun._meta.get_field("event").related_model._meta.concrete_fields)
-    run = load_run(row[:n_run])
-    run.event = load_event(row[n_run : n_run + n_event])
-    run.workspace = load_workspace(row[n_run + n_event :])
+    fields = row[1:-1]
+    run = load_run(fields[:n_run])
+    run.event = load_event(fields[n_run : n_run + n_event])
+    run.workspace = load_workspace(fields[n_run + n_event :])
+    # Queued and never started before this claim: the run has stored no memo yet.
+    run.first_start = bool(row[-1])
     return run
 
 

@@ -193,3 +193,22 @@ def test_a_far_wake_up_is_rung_with_its_eta_by_the_pass_that_nears_it():
     timeout = timedelta(seconds=conf.get().RING_TIMEOUT_SECONDS)
     assert WorkflowRun.objects.get(pk=run.pk).due_at == wake + timeout
     assert dispatcher.tick()["rung"] == 0  # rung once: the next bell is the backstop
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_emitting_task_executes_the_runs_its_events_start_up_to_a_batch():
+    purge_test_queue()
+    batch = conf.get().RING_BATCH_SIZE
+    ts = bus.now_ms() + 1500  # not armed at send: nothing is published
+    ids = eventbus.send_batch(
+        [{"name": "test/steps", "data": {"steps": 1}, "ts": ts} for _ in range(batch + 3)]
+    )
+    wait_until(lambda: bus.now_ms() >= ts, timeout=10, what="the ts")
+    assert tasks.emit_events(ids) == batch + 3
+    runs = WorkflowRun.objects.filter(event_id__in=ids)
+    done = set(runs.filter(status=RunStatus.COMPLETED).values_list("pk", flat=True))
+    queued = {str(pk) for pk in runs.filter(status=RunStatus.QUEUED).values_list("pk", flat=True)}
+    # The first batch ran here, without a message; the rest were rung as usual.
+    assert len(done) == batch and len(queued) == 3
+    rung = [run_id for message in published(last=sorted(queued)[-1]) for run_id in ids_in(message)]
+    assert sorted(rung) == sorted(queued)

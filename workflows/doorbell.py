@@ -14,13 +14,19 @@ rings it once it comes within the horizon (:func:`ring_due`). Scheduled events a
 timed the same way (:class:`EventTimer`): a worker then holds only the messages of the
 next ``ETA_HORIZON_SECONDS``, however much work is pending.
 
+A worker task that starts runs itself can take their bells instead (:func:`answering`):
+the task that emits armed events executes the runs they start, up to
+``RING_BATCH_SIZE``, without a message and a hop through the broker for each.
+
 Messages name the tasks of :mod:`workflows.tasks` rather than importing them, so the
 layers below the engine never depend on the engine above them.
 """
 
+import contextlib
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -43,6 +49,37 @@ EMIT_EVENTS = "workflows.emit_events"
 MAX_RUN_IDS = 1000
 #: A ring of many runs is split into at least this many messages (when it has as many).
 _SPREAD = 4
+#: Inside :func:`answering`: the runs taken here, and how many more may be.
+_answering: ContextVar[tuple[list[str], int] | None] = ContextVar(
+    "workflows_answering", default=None
+)
+
+
+@contextlib.contextmanager
+def answering(limit: int) -> Iterator[list[str]]:
+    """Inside the block, the first ``limit`` runs rung for now are not sent a message but
+    collected in the yielded list: the caller (a worker task) executes them itself.
+
+    Ringing is still only a hint: a collected run stays queued until it is claimed, and
+    if the caller dies first the dispatcher rings it after ``RING_TIMEOUT_SECONDS``.
+    """
+    taken: list[str] = []
+    reset = _answering.set((taken, limit))
+    try:
+        yield taken
+    finally:
+        _answering.reset(reset)
+
+
+def _take_here(ids: list[str]) -> list[str]:
+    """Collect what :func:`answering` takes of ``ids``; return the rest, to be sent."""
+    here = _answering.get()
+    if here is None:
+        return ids
+    taken, limit = here
+    room = max(0, limit - len(taken))
+    taken.extend(ids[:room])
+    return ids[room:]
 
 
 def ring(run_ids: Iterable[Any], *, at: datetime | None = None) -> None:
@@ -59,6 +96,10 @@ def ring(run_ids: Iterable[Any], *, at: datetime | None = None) -> None:
         if at - timezone.now() > timedelta(seconds=settings.ETA_HORIZON_SECONDS):
             return  # too far ahead for the broker: the dispatcher rings when it is due
         options["eta"] = at
+    else:
+        ids = _take_here(ids)
+        if not ids:
+            return
     try:
         for chunk in chunks(ids, settings.RING_BATCH_SIZE):
             if len(chunk) == 1:

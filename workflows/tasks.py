@@ -7,7 +7,7 @@ from celery import shared_task
 from django import db
 
 from eventbus import bus
-from workflows import dispatcher, doorbell, engine
+from workflows import conf, dispatcher, doorbell, engine
 from workflows.exceptions import EngineInterrupt
 
 logger = logging.getLogger("workflows.tasks")
@@ -66,9 +66,13 @@ def execute_runs(run_ids: list[str]) -> dict[str, int]:
     ``RING_TIMEOUT_SECONDS`` and another worker takes it (here it is then skipped). One
     run that cannot be stored does not stop the others.
     """
-    outcomes: dict[str, int] = {}
     if not _id_list(run_ids, "execute_runs", "run"):
         return {"invalid": 1}
+    return _execute_each(run_ids)
+
+
+def _execute_each(run_ids: list[str]) -> dict[str, int]:
+    outcomes: dict[str, int] = {}
     for run_id in map(_canonical, run_ids):
         if run_id is None:
             outcome = "invalid"
@@ -90,14 +94,19 @@ def emit_events(event_ids: list[str]) -> int:
     The message was timed for their ``ts`` (:class:`workflows.doorbell.EventTimer`).
     Each event is claimed as the dispatcher claims it, so one already emitted (by the
     dispatcher, or a repeated message) is skipped; one not yet due (a message early)
-    is timed again.
+    is timed again. The runs the events start are executed here, up to
+    ``RING_BATCH_SIZE`` of them (the rest are rung as usual): their events are due now,
+    and a message each would cost them a trip through the broker.
     """
     if not _id_list(event_ids, "emit_events", "event"):
         return 0
     ids = [pk for pk in (_canonical(value, "event") for value in event_ids) if pk is not None]
     db.close_old_connections()
-    emitted, early = bus.emit_ids(ids)
+    with doorbell.answering(conf.get().RING_BATCH_SIZE) as here:
+        emitted, early = bus.emit_ids(ids)
     doorbell.time_events(early)
+    if here:
+        _execute_each(here)
     return emitted
 
 

@@ -18,8 +18,7 @@ from django.utils import timezone
 
 import eventbus
 from eventbus.models import Event, EventStatus
-from workflows import gates, lifecycle, services, workflow
-from workflows.exceptions import WorkflowDefinitionError
+from workflows import gates, lifecycle, services
 from workflows.models import (
     BatchEvent,
     EventSkip,
@@ -257,39 +256,6 @@ def test_duplicates_in_one_batch_of_events_start_one_run():
     assert reasons("adm-idem") == [SkipReason.IDEMPOTENT] * 2
 
 
-# --- definitions -----------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("options", "message"),
-    [
-        (
-            {"batch_events": {"max_size": 2, "timeout": "1s"}, "debounce": {"period": "1s"}},
-            "batch_events cannot be combined with debounce",
-        ),
-        (
-            {"batch_events": {"max_size": 2, "timeout": "1s"}, "singleton": {"mode": "skip"}},
-            "batch_events cannot be combined with singleton",
-        ),
-        (
-            {"batch_events": {"max_size": 2, "timeout": "1s"}, "idempotency": "event.id"},
-            "batch_events cannot be combined with idempotency",
-        ),
-        ({"rate_limit": {"limit": 0, "period": "1m"}}, "rate_limit limit must be a whole"),
-        ({"rate_limit": {"limit": 1}}, "rate_limit needs a 'period'"),
-        ({"rate_limit": {"limit": 1, "period": "1m", "x": 1}}, r"unknown keys \['x'\]"),
-        ({"debounce": {"period": "soon"}}, "debounce period: 'soon' is not a duration"),
-        ({"batch_events": {"max_size": 2}}, "batch_events needs a 'timeout'"),
-        ({"batch_events": {"max_size": 10_001, "timeout": "1s"}}, "from 1 to 10000"),
-        ({"singleton": {"mode": "queue"}}, "mode must be 'skip' or 'cancel', got 'queue'"),
-        ({"singleton": {"key": "event.data.a"}}, "singleton needs a 'mode'"),
-        ({"idempotency": "event.data.("}, "idempotency: the CEL expression .* does not parse"),
-        ({"debounce": {"period": "1s", "key": "a ==="}}, "debounce key: the CEL expression"),
-    ],
-)
-def test_bad_admission_options_are_refused_at_decoration(options, message):
-    with pytest.raises(WorkflowDefinitionError, match=message):
-        workflow(id="adm-bad", trigger="adm/bad", **options)
-
-
 # --- why an event created no run -------------------------------------------------------
 @pytest.mark.django_db
 def test_show_event_and_the_admin_page_say_why_an_event_created_no_run(admin_client):
@@ -319,16 +285,6 @@ def test_show_event_and_the_admin_page_say_why_an_event_created_no_run(admin_cli
     run = runs("adm-batch").get()
     assert "batched: event 2 of batch" in out.getvalue()
     assert f"run {run.pk} (completed)" in out.getvalue()
-
-
-@pytest.mark.django_db
-def test_show_event_refuses_an_unknown_or_malformed_id():
-    from django.core.management.base import CommandError
-
-    with pytest.raises(CommandError, match="no event has the id"):
-        call_command("show_event", "1b4e28ba-2fa1-11d2-883f-0016d3cca427", stdout=StringIO())
-    with pytest.raises(CommandError, match="not a valid event id"):
-        call_command("show_event", "nope", stdout=StringIO())
 
 
 # --- races: threads with their own connections -----------------------------------------

@@ -1,15 +1,23 @@
 """A catalogue of bad input, fed through every entry point by one table-driven test.
 
 Each case names an entry point (``send``, ``send_batch``, the step API, ``@workflow``, a
-management command, an admin page or action), gives it one kind of bad input, and
+management command, an admin page or action, ``schedules.create``, the HTTP event API
+and webhooks, the console services), gives it one kind of bad input, and
 checks two things: the error message names what was wrong, and the database holds
-nothing half-written afterwards (the rows of events, runs and step memos are counted
-before and after; a step that failed may leave only its complete ``failed`` memo).
+nothing half-written afterwards (the rows of events, runs, step memos, waits and event
+keys are counted, the schedule rows and the registered workflows listed, before and
+after; a step that failed may leave only its complete ``failed`` memo).
 
 To add a case, append a :class:`Case` to the table of its entry point; cases for
-``wait_for_event``, ``invoke`` and ``cancel_on`` go in ``COORDINATION_CASES`` below.
+``wait_for_event``, ``invoke`` and ``cancel_on`` go in ``COORDINATION_CASES`` below,
+``schedules.create`` in ``SCHEDULE_CASES``, ``POST /e/<key>`` and ``POST /w/<id>`` in
+``HTTP_CASES`` (what the client was shown: status and JSON reply), and the Python API
+(``RetryAfterError``, ``registry.get``, the console services) in ``API_CASES``.
 """
 
+import hashlib
+import hmac
+import json
 import math
 import re
 import tracemalloc
@@ -24,23 +32,39 @@ import pytest
 from django.contrib.auth.models import Permission, User
 from django.contrib.contenttypes.models import ContentType
 from django.contrib.messages import get_messages
-from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.urls import reverse
 
 import eventbus
+import workflows
 from eventbus import bus, validation
-from eventbus.models import Event, EventStatus, Workspace
-from workflows import testing, workflow
-from workflows.exceptions import RetryAfterError
-from workflows.models import RunStatus, StepResult, StepStatus, WorkflowRun
+from eventbus.models import Event, EventKey, EventStatus, Webhook, WebhookScheme, Workspace
+from workflows import pausing, registry, retention, schedules, services, testing, workflow
+from workflows.exceptions import (
+    ConsoleError,
+    DuplicateScheduleError,
+    MalformedIdError,
+    NotReplayableError,
+    RetryAfterError,
+    ScheduleError,
+    UnknownEventError,
+    UnknownRunError,
+    UnknownStepError,
+    UnknownWorkflowError,
+    WorkflowDefinitionError,
+    WrongWorkspaceError,
+)
+from workflows.models import RunStatus, Schedule, StepResult, StepStatus, Wait, WorkflowRun
 
 pytestmark = pytest.mark.django_db
 
 LIMIT = 512 * 1024  # EVENTBUS["MAX_PAYLOAD_BYTES"], the documented default
 YEAR_3000_MS = int(datetime(3000, 1, 1).timestamp() * 1000)
 YEAR_10000_MS = validation.MAX_TS_MS + 1
+RESERVED = (
+    "is reserved: names beginning with 'workflows/' are emitted only by the app that owns them"
+)
 
 
 def nested(depth: int) -> dict:
@@ -58,9 +82,10 @@ class Case:
     """One kind of bad input at one entry point.
 
     ``act(env)`` feeds the input: for ``raises`` cases it must raise ``error``; for
-    ``step`` cases it is the body of a workflow run, which must fail; for ``admin``
-    cases it returns what the user was shown. ``message`` is a regex the error (or
-    what was shown) must contain. ``setup(env)`` prepares rows before the counting.
+    ``step`` cases it is the body of a workflow run, which must fail; for ``admin`` and
+    ``http`` cases it returns what the user (or the HTTP client) was shown. ``message``
+    is a regex the error (or what was shown) must contain. ``setup(env)`` prepares rows
+    before the counting.
     """
 
     id: str
@@ -72,6 +97,8 @@ class Case:
     #: For step cases: the step's function ran and its failure is stored as a complete
     #: ``failed`` memo (the one row the case may add).
     failed_memo: bool = False
+    #: For step cases: the type name the run's stored error must have.
+    stored_type: str | None = None
 
 
 # --- send / send_batch -----------------------------------------------------------------
@@ -115,14 +142,24 @@ SEND_CASES = [
         send("cat/x", nested(200_000)),
         "nested deeper than 64 levels",
     ),
-    Case("send-nan", "send", send("cat/x", {"x": math.nan}), r"data\.x: nan is not allowed"),
+    Case(
+        "send-nan",
+        "send",
+        send("cat/x", {"x": math.nan}),
+        r"data\.x: nan is not allowed in JSON \(only finite numbers\)",
+    ),
     Case(
         "send-infinity-in-list",
         "send",
         send("cat/x", {"xs": [1, -math.inf]}),
         r"data\.xs\[1\]: -inf is not allowed",
     ),
-    Case("send-int-key", "send", send("cat/x", {1: "a"}), "key 1 is a int; JSON object keys"),
+    Case(
+        "send-int-key",
+        "send",
+        send("cat/x", {1: "a"}),
+        "key 1 is a int; JSON object keys must be strings",
+    ),
     Case("send-none-key", "send", send("cat/x", {None: 1}), "key None is a NoneType"),
     Case(
         "send-tuple-key-nested",
@@ -156,10 +193,47 @@ SEND_CASES = [
     Case("send-id-int", "send", send("cat/x", id=7), "id .* must be a non-empty string"),
     Case("send-id-very-long", "send", send("cat/x", id="k" * 256), "id is 256 characters"),
     Case("send-id-control-char", "send", send("cat/x", id="k\x01"), "id must not contain control"),
-    Case("send-unknown-workspace", "send", send("cat/x", workspace="nope"), "unknown workspace"),
+    Case(
+        "send-unknown-workspace",
+        "send",
+        send("cat/x", workspace="nope"),
+        "unknown workspace 'nope'",
+    ),
     Case("send-workspace-int", "send", send("cat/x", workspace=3), "workspace must be a slug"),
     Case("send-workspace-nul", "send", send("cat/x", workspace="a\x00b"), "contains U\\+0000"),
     Case("send-workspace-zero-width", "send", send("cat/x", workspace="de\u200bfault"), "U\\+200B"),
+    Case("send-name-tab", "send", send("tab\tname"), r"'tab\\tname' is malformed"),
+    Case("send-name-256", "send", send("x" * 256), "256 characters long; the limit is 255"),
+    Case(
+        "send-name-reserved",
+        "send",
+        send("workflows/run.failed", {}),
+        f"event name 'workflows/run.failed' {RESERVED}",
+    ),
+    *[
+        Case(f"send-name-look-alike-{ord(char[0]):x}", "send", send(f"shop/{char}x"), message)
+        for char, message in (
+            ("\u200b", "U\\+200B"),
+            ("\x9b", "U\\+009B"),
+            ("\u2066", "U\\+2066"),
+            ("\ud800", "U\\+D800"),
+        )
+    ],
+    Case(
+        "send-object-value",
+        "send",
+        send("cat/x", {"when": object()}),
+        r"data\.when: a object is not JSON-serialisable \(allowed: dict with str keys",
+    ),
+    Case(
+        "send-infinity",
+        "send",
+        send("cat/x", {"x": math.inf}),
+        r"data\.x: inf is not allowed in JSON \(only finite numbers\)",
+    ),
+    Case("send-high-surrogate", "send", send("cat/x", {"s": "\ud800"}), "lone surrogate"),
+    Case("send-ts-huge-int", "send", send("cat/x", ts=10**20), "ts 100000000000000000000 is out"),
+    Case("send-id-bom", "send", send("cat/x", id="\ufeffkey"), "id .*U\\+FEFF"),
     Case("batch-empty", "send_batch", batch([]), "events must not be empty"),
     Case("batch-dict", "send_batch", batch({"name": "cat/x"}), "events must be a list"),
     Case("batch-string", "send_batch", batch("cat/x"), "events must be a list"),
@@ -191,12 +265,33 @@ SEND_CASES = [
         r"a batch holds at most 10000 events \(EVENTBUS\['MAX_BATCH_SIZE'\]\); got 100000",
     ),
     Case(
+        "batch-item-bad-name",
+        "send_batch",
+        batch([{"name": "cat/ok"}, {"name": "bad name"}]),
+        r"events\[1\]: event name 'bad name' is malformed",
+    ),
+    Case(
+        "batch-reserved-name",
+        "send_batch",
+        batch([{"name": "cat/ok"}, {"name": "workflows/invoke"}]),
+        r"events\[1\]: event name 'workflows/invoke' is reserved: names beginning with "
+        "'workflows/'",
+    ),
+    Case(
+        "batch-10001-events",
+        "send_batch",
+        batch([{"name": "cat/x"}] * 10_001),
+        r"a batch holds at most 10000 events \(EVENTBUS\['MAX_BATCH_SIZE'\]\); got 10001",
+    ),
+    Case(
         "batch-unknown-workspace",
         "send_batch",
         batch([{"name": "cat/x"}], workspace="nope"),
         "unknown workspace 'nope'",
     ),
 ]
+for _case in SEND_CASES:
+    _case.error = eventbus.EventError
 
 
 # --- the step API (inside a run; the run fails with the message) -------------------------
@@ -360,6 +455,20 @@ STEP_CASES = [
         r"events\[1\]: event name must not be empty",
     ),
     Case(
+        "step-send-into-other-workspace",
+        "step",
+        lambda ctx: ctx.step.run("send", lambda: eventbus.send("cat/x", {}, workspace="other")),
+        "cannot send into workspace 'other'",
+        failed_memo=True,
+    ),
+    Case(
+        "step-send-reserved-name",
+        "step",
+        lambda ctx: ctx.step.send_event("e", name="workflows/run.failed", data={"run_id": "x"}),
+        r"step.send_event\('e'\): event name 'workflows/run.failed' is reserved: names "
+        "beginning with 'workflows/'",
+    ),
+    Case(
         "workflow-returns-object",
         "step",
         lambda ctx: object(),
@@ -415,11 +524,26 @@ WORKFLOW_CASES = [
     ),
     Case("wf-trigger-empty-list", "@workflow", define(id="cat-bad", trigger=[]), "non-empty list"),
     Case("wf-trigger-dict", "@workflow", define(id="cat-bad", trigger={"a": 1}), "trigger must"),
-    Case("wf-trigger-int-in-list", "@workflow", define(id="cat-bad", trigger=["ok", 5]), "5 is"),
+    Case(
+        "wf-trigger-int-in-list",
+        "@workflow",
+        define(id="cat-bad", trigger=["ok", 5]),
+        "trigger 5 is not an event name",
+    ),
     Case("wf-trigger-very-long", "@workflow", define(id="cat-bad", trigger="t" * 256), "trigger"),
-    Case("wf-retries-negative", "@workflow", define(id="cat-bad", retries=-1), "0 to 100, got -1"),
+    Case(
+        "wf-retries-negative",
+        "@workflow",
+        define(id="cat-bad", retries=-1),
+        "retries must be a whole number from 0 to 100, got -1",
+    ),
     Case("wf-retries-huge", "@workflow", define(id="cat-bad", retries=101), "0 to 100, got 101"),
-    Case("wf-retries-string", "@workflow", define(id="cat-bad", retries="3"), "got '3'"),
+    Case(
+        "wf-retries-string",
+        "@workflow",
+        define(id="cat-bad", retries="3"),
+        "retries must be a whole number from 0 to 100, got '3'",
+    ),
     Case("wf-retries-bool", "@workflow", define(id="cat-bad", retries=True), "got True"),
     Case(
         "wf-batch-with-debounce",
@@ -441,13 +565,165 @@ WORKFLOW_CASES = [
         "wf-singleton-mode",
         "@workflow",
         define(id="cat-bad", singleton={"mode": "queue"}),
-        "singleton mode must be 'skip' or 'cancel'",
+        "singleton mode must be 'skip' or 'cancel', got 'queue'",
     ),
     Case(
         "wf-idempotency-unparsable",
         "@workflow",
         define(id="cat-bad", idempotency="event.data.("),
-        "idempotency: the CEL expression",
+        "idempotency: the CEL expression .* does not parse",
+    ),
+    Case(
+        "wf-trigger-star-middle-segment",
+        "@workflow",
+        define(id="cat-bad", trigger="a/*/b"),
+        "trigger 'a/\\*/b' is not an event name",
+    ),
+    # flow control: concurrency, throttle, priority
+    *[
+        Case(
+            f"wf-flow-{name}",
+            "@workflow",
+            define(id="cat-bad", trigger="cat/bad", **options),
+            message,
+        )
+        for name, options, message in (
+            (
+                "concurrency-zero",
+                {"concurrency": 0},
+                "concurrency: limit must be a whole number from 1 to 100000, got 0",
+            ),
+            (
+                "concurrency-three-limits",
+                {"concurrency": [{"limit": 1}, {"limit": 1, "key": "event.data.a"}, {"limit": 2}]},
+                "concurrency .*at most 2 are allowed",
+            ),
+            (
+                "concurrency-unknown-key",
+                {"concurrency": {"limit": 1, "scope": "x"}},
+                r"concurrency .*unknown keys \['scope'\]",
+            ),
+            (
+                "concurrency-no-limit",
+                {"concurrency": {"key": "event.data.a"}},
+                "concurrency .*needs a 'limit'",
+            ),
+            (
+                "concurrency-key-unparsable",
+                {"concurrency": {"limit": 1, "key": "event.data.("}},
+                r"concurrency key: the CEL expression .*does not parse at line 1",
+            ),
+            (
+                "throttle-period-zero",
+                {"throttle": {"limit": 1, "period": 0}},
+                "throttle period: the duration must be more",
+            ),
+            ("throttle-no-period", {"throttle": {"limit": 1}}, "throttle needs a 'period'"),
+            (
+                "priority-unparsable",
+                {"priority": {"run": "1 +"}},
+                "priority run: the CEL expression",
+            ),
+            (
+                "priority-not-dict",
+                {"priority": "event.data.p"},
+                "priority must be a dict with one key, 'run'",
+            ),
+        )
+    ],
+    # admission: rate_limit, debounce, batch_events, singleton, idempotency
+    *[
+        Case(
+            f"wf-admission-{name}",
+            "@workflow",
+            define(id="cat-bad", trigger="cat/bad", **options),
+            message,
+        )
+        for name, options, message in (
+            (
+                "batch-with-singleton",
+                {"batch_events": {"max_size": 2, "timeout": "1s"}, "singleton": {"mode": "skip"}},
+                "batch_events cannot be combined with singleton",
+            ),
+            (
+                "batch-with-idempotency",
+                {"batch_events": {"max_size": 2, "timeout": "1s"}, "idempotency": "event.id"},
+                "batch_events cannot be combined with idempotency",
+            ),
+            ("rate-limit-no-period", {"rate_limit": {"limit": 1}}, "rate_limit needs a 'period'"),
+            (
+                "rate-limit-unknown-key",
+                {"rate_limit": {"limit": 1, "period": "1m", "x": 1}},
+                r"rate_limit .*unknown keys \['x'\]",
+            ),
+            (
+                "debounce-bad-period",
+                {"debounce": {"period": "soon"}},
+                "debounce period: 'soon' is not a duration",
+            ),
+            (
+                "batch-no-timeout",
+                {"batch_events": {"max_size": 2}},
+                "batch_events needs a 'timeout'",
+            ),
+            (
+                "batch-too-big",
+                {"batch_events": {"max_size": 10_001, "timeout": "1s"}},
+                "batch_events max_size must be a whole number from 1 to 10000, got 10001",
+            ),
+            (
+                "singleton-no-mode",
+                {"singleton": {"key": "event.data.a"}},
+                "singleton needs a 'mode'",
+            ),
+            (
+                "debounce-key-unparsable",
+                {"debounce": {"period": "1s", "key": "a ==="}},
+                "debounce key: the CEL expression",
+            ),
+        )
+    ],
+    # cron=: each bad entry alone and as the second of a list
+    *[
+        Case(
+            f"wf-cron-{name}{'-in-list' if listed else ''}",
+            "@workflow",
+            define(id="cat-bad", cron=["0 2 * * *", entry] if listed else entry),
+            message.replace("cron[?]", r"cron\[1\]" if listed else r"cron\[0\]"),
+        )
+        for name, entry, message in (
+            ("minute-61", "61 * * * *", r"cron[?]: .*minute field '61' at position 1"),
+            ("hour-25", "0 25 * * *", r"cron[?]: .*hour field '25' at position 3"),
+            ("three-fields", "* * *", r"cron[?]: .*has 3 fields"),
+            ("seven-fields", "* * * * * * *", r"cron[?]: .*has 7 fields"),
+            (
+                "unknown-zone",
+                "TZ=Mars/Olympus 0 2 * * *",
+                r"cron[?]: .*unknown time zone 'Mars/Olympus' at position 4",
+            ),
+            (
+                "month-13-in-zone",
+                "TZ=Europe/Paris 0 2 * 13 *",
+                r"cron[?]: .*month field '13' at position 23",
+            ),
+            ("empty", "", r"cron[?]: .*non-empty string"),
+        )
+        for listed in (False, True)
+    ],
+    # version= and on_nondeterminism= (code evolution)
+    Case(
+        "wf-version-too-long",
+        "@workflow",
+        define(id="cat-bad", trigger="cat/bad", version="x" * 101),
+        "version must be a label of at most 100 characters",
+        WorkflowDefinitionError,
+    ),
+    Case(
+        "wf-on-nondeterminism-unknown",
+        "@workflow",
+        define(id="cat-bad", trigger="cat/bad", on_nondeterminism="ignore"),
+        "on_nondeterminism must be 'fail' or .*got 'ignore'",
+        WorkflowDefinitionError,
     ),
     Case(
         "wf-not-a-function",
@@ -463,7 +739,7 @@ WORKFLOW_CASES = [
     ),
 ]
 for _case in WORKFLOW_CASES:
-    _case.error = ImproperlyConfigured
+    _case.error = WorkflowDefinitionError
 
 
 # --- management commands -----------------------------------------------------------------
@@ -489,6 +765,17 @@ def with_run(env: Any) -> None:
 
 def with_scheduled(env: Any) -> None:
     env.event = Event.objects.get(pk=env.scheduled_event())
+
+
+def with_active_run(env: Any) -> None:
+    with testing.no_broker():
+        event_id = eventbus.send("test/steps", {"steps": 2})
+    env.run = WorkflowRun.objects.get(event_id=event_id)
+
+
+def with_emitted(env: Any) -> None:
+    env.run = env.completed_run()
+    env.event = env.run.event
 
 
 UNKNOWN = "00000000-0000-0000-0000-000000000001"
@@ -524,7 +811,7 @@ COMMAND_CASES = [
     Case("cmd-cancel-malformed-id", "command", command("cancel_run", "12"),
          "'12' is not a valid run id"),
     Case("cmd-show-wrong-workspace", "command", command("show_run", run_id, "--workspace", "x"),
-         "not 'x'", setup=with_run),
+         "belongs to workspace 'default', not 'x'", setup=with_run),
     Case("cmd-replay-event-scheduled", "command", command("replay_event", event_id),
          "is still scheduled", setup=with_scheduled),
     Case("cmd-replay-event-unknown", "command", command("replay_event", UNKNOWN),
@@ -575,6 +862,56 @@ COMMAND_CASES = [
          "--data is nested too deeply to read"),
     Case("cmd-show-width-huge", "command", command("show_run", run_id, "--width", "1000000000"),
          "argument --width: must be from 10 to 500, got 1000000000", setup=with_run),
+    Case("cmd-send-name-blank", "command", command("send_event", "  "),
+         "event name '  ' is malformed: use printable characters without spaces"),
+    Case("cmd-send-reserved-name", "command", command("send_event", "workflows/run.finished"),
+         f"event name 'workflows/run.finished' {RESERVED}"),
+    Case("cmd-cancel-unknown-id", "command", command("cancel_run", UNKNOWN),
+         f"no run has the id {UNKNOWN}"),
+    Case("cmd-show-malformed-id", "command", command("show_run", "not-a-uuid"),
+         "'not-a-uuid' is not a valid run id"),
+    Case("cmd-show-unknown-id", "command", command("show_run", UNKNOWN),
+         f"no run has the id {UNKNOWN}"),
+    Case("cmd-replay-event-malformed-id", "command", command("replay_event", "not-a-uuid"),
+         "'not-a-uuid' is not a valid event id"),
+    Case("cmd-show-event-unknown", "command", command("show_event", UNKNOWN),
+         f"no event has the id {UNKNOWN}"),
+    Case("cmd-show-event-malformed-id", "command", command("show_event", "nope"),
+         "'nope' is not a valid event id"),
+    Case("cmd-cancel-wrong-workspace", "command",
+         command("cancel_run", run_id, "--workspace", "other"),
+         "belongs to workspace 'default', not 'other'", setup=with_run),
+    Case("cmd-replay-event-wrong-workspace", "command",
+         command("replay_event", event_id, "--workspace", "other"),
+         "belongs to workspace 'default', not 'other'", setup=with_emitted),
+    Case("cmd-replay-nothing-selected", "command", command("replay_run"), "give a RUN_ID"),
+    Case("cmd-replay-id-and-status", "command",
+         command("replay_run", UNKNOWN, "--status", "failed"), "give either RUN_ID .*not both"),
+    Case("cmd-replay-from-step-without-id", "command",
+         command("replay_run", "--status", "failed", "--from-step", "x"),
+         "--from-step needs a RUN_ID"),
+    Case("cmd-replay-bad-status", "command", command("replay_run", "--status", "broke"),
+         "unknown status 'broke'; use one of: queued"),
+    Case("cmd-replay-since-garbage", "command",
+         command("replay_run", "--status", "failed", "--since", "last tuesday"),
+         "--since 'last tuesday' is not an ISO date"),
+    Case("cmd-key-unknown-workspace", "command",
+         command("create_event_key", "--workspace", "nope"), "unknown workspace 'nope'"),
+    Case("cmd-key-reserved-prefix", "command",
+         command("create_event_key", "--workspace", "other", "--prefix", "workflows/"),
+         "prefix 'workflows/' is not a valid name prefix: event name 'workflows/' is reserved"),
+    Case("cmd-key-malformed-prefix", "command",
+         command("create_event_key", "--workspace", "other", "--prefix", "has space"),
+         "prefix 'has space' is not a valid name prefix: event name 'has space' is malformed"),
+    Case("cmd-key-no-workspace", "command", command("create_event_key"),
+         "the following arguments are required: --workspace"),
+    Case("cmd-resume-not-paused", "command", command("resume_workflow", "t-steps"),
+         "workflow 't-steps' is not paused"),
+    Case("cmd-cancel-id-and-workflow", "command",
+         command("cancel_run", UNKNOWN, "--workflow", "t-steps"),
+         "give either a RUN_ID or --workflow"),
+    Case("cmd-cancel-dry-run-with-id", "command", command("cancel_run", UNKNOWN, "--dry-run"),
+         "--dry-run .*go with --workflow"),
 ]  # fmt: skip
 for _case in COMMAND_CASES:
     _case.error = CommandError
@@ -605,17 +942,6 @@ def event_url(name: str) -> Callable[[Any], str]:
 
 def changelist(env: Any) -> str:
     return reverse("admin:workflows_workflowrun_changelist")
-
-
-def with_active_run(env: Any) -> None:
-    with testing.no_broker():
-        event_id = eventbus.send("test/steps", {"steps": 2})
-    env.run = WorkflowRun.objects.get(event_id=event_id)
-
-
-def with_emitted(env: Any) -> None:
-    env.run = env.completed_run()
-    env.event = env.run.event
 
 
 def with_two_runs(env: Any) -> None:
@@ -702,42 +1028,82 @@ COORDINATION_CASES = [
         wait(timeout=0),
         r"wait_for_event\('w'\): timeout: .*more than zero",
     ),
-    Case("wfe-timeout-negative", "step", wait(timeout=-1), "must be more than zero, got -1"),
-    Case("wfe-timeout-missing", "step", wait(timeout=None), "timeout is required"),
-    Case("wfe-timeout-garbage", "step", wait(timeout="3 fortnights"), "is not a duration"),
+    Case(
+        "wfe-timeout-negative",
+        "step",
+        wait(timeout=-1),
+        r"wait_for_event\('w'\): timeout: the duration must be more than zero, got -1",
+    ),
+    Case(
+        "wfe-timeout-missing",
+        "step",
+        wait(timeout=None),
+        r"wait_for_event\('w'\): timeout is required",
+    ),
+    Case(
+        "wfe-timeout-garbage",
+        "step",
+        wait(timeout="3 fortnights"),
+        r"wait_for_event\('w'\): timeout: '3 fortnights' is not a duration",
+    ),
     Case("wfe-timeout-century", "step", wait(timeout="40000d"), "longer than the limit"),
     Case(
-        "wfe-match-bare-field", "step", wait(match="orderId"), "dotted path into the event's data"
+        "wfe-match-bare-field",
+        "step",
+        wait(match="orderId"),
+        r"wait_for_event\('w'\): match must be a dotted path into the event's data .*got 'orderId'",
     ),
     Case("wfe-match-not-str", "step", wait(match=5), "dotted path"),
-    Case("wfe-match-empty-part", "step", wait(match="data..id"), "dotted path"),
+    Case(
+        "wfe-match-empty-part",
+        "step",
+        wait(match="data..id"),
+        r"wait_for_event\('w'\): match must be a dotted path .*got 'data\.\.id'",
+    ),
     Case(
         "wfe-match-absent-in-trigger",
         "step",
         wait(match="data.orderId"),
         "trigger event has no data.orderId",
     ),
-    Case("wfe-if-unparsable", "step", wait(if_="async.data.x =="), "CEL expression does not parse"),
+    Case(
+        "wfe-if-unparsable",
+        "step",
+        wait(if_="async.data.x =="),
+        r"wait_for_event\('w'\): the CEL expression does not parse",
+    ),
     Case("wfe-if-empty", "step", wait(if_=" "), "if_ must be a CEL expression"),
     Case("wfe-event-missing", "step", wait(event=None), "event name must be a string"),
-    Case("wfe-event-wildcard", "step", wait(event="cat/*"), r"'cat/\*' is malformed"),
+    Case(
+        "wfe-event-wildcard",
+        "step",
+        wait(event="cat/*"),
+        r"wait_for_event\('w'\): event: event name 'cat/\*' is malformed",
+    ),
+    Case(
+        "wfe-event-empty",
+        "step",
+        wait(event=""),
+        r"wait_for_event\('w'\): event: event name must not be empty",
+    ),
     Case(
         "invoke-plain-function",
         "step",
         lambda ctx: ctx.step.invoke("i", workflow=len),
-        "decorate the function with @workflow",
+        r"step.invoke\('i'\): workflow must be a @workflow function .*\(decorate the function with "
+        r"@workflow\)",
     ),
     Case(
         "invoke-timeout-zero",
         "step",
         lambda ctx: ctx.step.invoke("i", workflow="cat-step", timeout=0),
-        "more than zero",
+        r"step.invoke\('i'\): .*timeout: the duration must be more than zero, got 0",
     ),
     Case(
         "invoke-data-nan",
         "step",
         lambda ctx: ctx.step.invoke("i", workflow="cat-step", data={"x": math.nan}),
-        "nan is not allowed",
+        r"step.invoke\('i'\): .*data\.x: nan is not allowed",
     ),
     Case(
         "invoke-unknown-id",
@@ -750,86 +1116,320 @@ COORDINATION_CASES = [
         "parallel-empty",
         "step",
         lambda ctx: ctx.step.parallel("p", []),
-        "non-empty list of functions",
+        r"step.parallel\('p'\): branches must be a non-empty list of functions",
     ),
     Case(
         "parallel-not-callable",
         "step",
         lambda ctx: ctx.step.parallel("p", [len, 3]),
-        "branch 1 is a int, not a function",
+        r"step.parallel\('p'\): branch 1 is a int, not a function",
     ),
     Case(
         "parallel-too-many",
         "step",
         lambda ctx: ctx.step.parallel("p", [len] * 101),
-        "101 branches; the limit is 100",
+        r"step.parallel\('p'\): 101 branches; the limit is 100",
     ),
     Case(
         "cancel-on-no-event",
         "@workflow",
         define(id="cat-c", cancel_on=[{"match": "data.x"}]),
-        "needs an 'event'",
-        ImproperlyConfigured,
+        r"cancel_on\[0\] needs an 'event'.*got None",
+        WorkflowDefinitionError,
     ),
     Case(
         "cancel-on-wildcard",
         "@workflow",
         define(id="cat-c", cancel_on=[{"event": "cat/*"}]),
         "no wildcard",
-        ImproperlyConfigured,
+        WorkflowDefinitionError,
     ),
     Case(
         "cancel-on-bad-match",
         "@workflow",
         define(id="cat-c", cancel_on=[{"event": "cat/e", "match": "x"}]),
-        "dotted path",
-        ImproperlyConfigured,
+        r"cancel_on\[0\]: match must be a dotted path .*got 'x'",
+        WorkflowDefinitionError,
     ),
     Case(
         "cancel-on-bad-if",
         "@workflow",
         define(id="cat-c", cancel_on=[{"event": "cat/e", "if": "a ==="}]),
-        "does not parse",
-        ImproperlyConfigured,
+        r"cancel_on\[0\]: the CEL expression does not parse",
+        WorkflowDefinitionError,
     ),
     Case(
         "cancel-on-zero-timeout",
         "@workflow",
         define(id="cat-c", cancel_on=[{"event": "cat/e", "timeout": 0}]),
-        "more than zero",
-        ImproperlyConfigured,
+        r"cancel_on\[0\] timeout: the duration must be more than zero, got 0",
+        WorkflowDefinitionError,
     ),
     Case(
         "cancel-on-unknown-key",
         "@workflow",
         define(id="cat-c", cancel_on=[{"event": "cat/e", "when": 1}]),
-        "unknown keys",
-        ImproperlyConfigured,
+        r"cancel_on\[0\] has unknown keys \['when'\]; allowed: event, match, if, timeout",
+        WorkflowDefinitionError,
+    ),
+    Case(
+        "cancel-on-not-a-list",
+        "@workflow",
+        define(id="cat-c", cancel_on="cat/e"),
+        "cancel_on must be a list of dicts",
+        WorkflowDefinitionError,
     ),
     Case(
         "timeouts-negative",
         "@workflow",
         define(id="cat-c", timeouts={"finish": -5}),
-        "more than zero",
-        ImproperlyConfigured,
+        r"timeouts\['finish'\]: the duration must be more than zero, got -5",
+        WorkflowDefinitionError,
     ),
     Case(
         "timeouts-unknown-key",
         "@workflow",
         define(id="cat-c", timeouts={"end": "1h"}),
         "'start' and/or 'finish'",
-        ImproperlyConfigured,
+        WorkflowDefinitionError,
     ),
     Case(
         "on-failure-not-callable",
         "@workflow",
         define(id="cat-c", on_failure="tell me"),
         "on_failure must be a plain function",
-        ImproperlyConfigured,
+        WorkflowDefinitionError,
     ),
 ]
 
-CASES = SEND_CASES + STEP_CASES + WORKFLOW_CASES + COMMAND_CASES + ADMIN_CASES + COORDINATION_CASES
+
+# --- schedules.create ----------------------------------------------------------------------
+def with_taken(env: Any) -> None:
+    schedules.create("taken", workflow="s-target", cron="0 2 * * *")
+
+
+def schedule(**kwargs: Any) -> Callable[[Any], Any]:
+    def act(env: Any) -> Any:
+        arguments = {"schedule_id": "new", "workflow": "s-target", "cron": "0 2 * * *", **kwargs}
+        return schedules.create(arguments.pop("schedule_id"), **arguments)
+
+    return act
+
+
+SCHEDULE_CASES = [
+    Case(f"schedule-{name}", "schedules.create", schedule(**kwargs), message, error,
+         setup=with_taken)
+    for name, kwargs, error, message in (
+        ("cron-minute-61", {"cron": "61 * * * *"}, WorkflowDefinitionError,
+         "minute field '61' at position 1"),
+        ("cron-unknown-zone", {"cron": "TZ=Nowhere/City * * * * *"}, WorkflowDefinitionError,
+         "unknown time zone 'Nowhere/City'"),
+        ("cron-empty-list", {"cron": []}, WorkflowDefinitionError,
+         r"cron must be a cron entry such as '0 2 \* \* \*' or a non-empty list of them, got \[\]"),
+        ("unknown-workflow", {"workflow": "no-such-workflow"}, UnknownWorkflowError,
+         "unknown workflow id 'no-such-workflow'"),
+        ("data-datetime", {"data": {"when": datetime(2024, 1, 1)}}, ScheduleError,
+         "a datetime is not JSON-serialisable"),
+        ("data-int-key", {"data": {1: "x"}}, ScheduleError,
+         r"data is refused: .*data\.payload: key 1 is a int; JSON object keys must be strings"),
+        ("id-space", {"schedule_id": "has space"}, ScheduleError,
+         "schedule id 'has space' is invalid"),
+        ("id-code-prefix", {"schedule_id": "workflow:x"}, ScheduleError,
+         "schedule id 'workflow:x' is invalid"),
+        ("id-taken", {"schedule_id": "taken"}, DuplicateScheduleError,
+         "a schedule with the id 'taken' exists already"),
+        ("unknown-workspace", {"workspace": "nowhere"}, ValueError,
+         "unknown workspace 'nowhere'"),
+    )
+]  # fmt: skip
+
+
+# --- the HTTP event API (POST /e/<key>) and webhooks (POST /w/<id>) -----------------------------
+BIG = 512 * 1024
+SECRET = "It's a Secret to Everybody"
+
+
+def with_key(env: Any) -> None:
+    Workspace.objects.create(slug="shop")
+    env.key = eventbus.create_event_key("shop", name="storefront")[1]
+
+
+def replied(reply: Any) -> str:
+    """Status and the JSON reply, as one line the message regex reads."""
+    body = reply.json()
+    return f"{reply.status_code} status={body.get('status')} ids={body.get('ids')} " + (
+        f"error={body.get('error')}"
+    )
+
+
+def api_post(body: Any) -> Callable[[Any], str]:
+    def act(env: Any) -> str:
+        raw = body if isinstance(body, bytes | str) else json.dumps(body)
+        return replied(env.client.post(f"/e/{env.key}", raw, content_type="application/json"))
+
+    return act
+
+
+def with_hook(transform: str = "") -> Callable[[Any], None]:
+    def setup(env: Any) -> None:
+        env.hook = Webhook.objects.create(
+            scheme=WebhookScheme.HMAC_SHA256, secret=SECRET, name="gh", transform=transform,
+            workspace=Workspace.objects.get_or_create(slug="repo")[0], event_name="github/push",
+        )  # fmt: skip
+
+    return setup
+
+
+def hook_post(body: Any, *, secret: str = SECRET, signed: Any = None, sign: bool = True):
+    """POST ``body`` as GitHub would; ``signed`` is the body the signature is computed on."""
+
+    def act(env: Any) -> str:
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        digest = hmac.new(secret.encode(), signed or raw, hashlib.sha256).hexdigest()
+        headers = {"X-GitHub-Event": "push", "X-GitHub-Delivery": "72d3162e-cc78"}
+        if sign:
+            headers["X-Hub-Signature-256"] = f"sha256={digest}" if sign is True else digest
+        reply = env.client.post(
+            f"/w/{env.hook.pk}", raw, content_type="application/json", headers=headers
+        )
+        return replied(reply)
+
+    return act
+
+
+def api_refused(message: str) -> str:
+    return rf"^400 status=400 ids=\[\] error=.*{re.escape(message)}"
+
+
+HTTP_CASES = [
+    Case(f"api-{name}", "http", api_post(body), api_refused(message), setup=with_key)
+    for name, body, message in (
+        ("not-json", b"{not json", "not valid JSON"),
+        ("empty-body", b"", "the body is empty: send a JSON event object or an array of them"),
+        ("not-utf8", b"\xff\xfe{}", "not UTF-8"),
+        ("nan", b'{"name": "shop/x", "data": {"n": NaN}}', "NaN is not allowed"),
+        ("json-string", '"shop/x"', "JSON string"),
+        ("empty-array", [], "empty array"),
+        ("item-number", [{"name": "shop/ok"}, 7], "events[1] is a JSON number"),
+        ("item-no-name", [{"name": "shop/ok"}, {"data": {}}], "events[1] has no 'name'"),
+        ("name-int", {"name": 5}, "event name must be a string"),
+        ("name-empty", {"name": ""}, "event name must not be empty"),
+        ("name-space", {"name": "has space"}, "'has space' is malformed"),
+        ("name-bidi", {"name": "shop/\u202eevil"}, "U+202E"),
+        ("data-list", {"name": "shop/x", "data": [1]}, "must be a JSON object"),
+        ("ts-word", {"name": "shop/x", "ts": "soon"}, "ts must be a number"),
+        ("id-zero-width", {"name": "shop/x", "id": "a\u200bb"}, "U+200B"),
+        ("v-int", {"name": "shop/x", "v": 2}, "'v' must be a string"),
+        ("workspace-field", {"name": "shop/x", "workspace": "other"},
+         "unknown fields ['workspace']"),
+        ("reserved-name", {"name": "workflows/run.failed", "data": {}},
+         f"event name 'workflows/run.failed' {RESERVED}"),
+        ("oversized-item", [{"name": "shop/ok"}, {"name": "shop/big", "data": {"x": "a" * BIG}}],
+         f"the limit is {BIG} bytes"),
+    )
+] + [
+    Case(f"webhook-signature-{name}", "http", act,
+         rf"^401 status=401 ids=\[\] error=bad signature: {message}", setup=with_hook())
+    for name, act, message in (
+        ("missing", hook_post({"ref": "main"}, sign=False), "missing X-Hub-Signature-256 header"),
+        ("wrong-secret", hook_post({"ref": "main"}, secret="guess"),
+         "X-Hub-Signature-256 does not match the body"),
+        ("tampered", hook_post({"ref": "evil"}, signed=json.dumps({"ref": "main"}).encode()),
+         "X-Hub-Signature-256 does not match the body"),
+        ("no-prefix", hook_post({"ref": "main"}, sign="bare"),
+         "X-Hub-Signature-256 does not match the body"),
+    )
+] + [
+    Case(f"webhook-transform-{name}", "http", hook_post(body), message, setup=with_hook(path))
+    for name, path, body, message in (
+        ("raises", "tests.test_webhooks.explodes", {"n": 1},
+         api_refused("no 'action' in the payload")),
+        ("reserved-name", "tests.test_webhooks.forges", {"n": 1},
+         api_refused(f"event name 'workflows/run.failed' {RESERVED}")),
+        ("body-not-object", "", [1, 2],
+         api_refused("the body is a JSON list; the default transform needs a JSON object")),
+    )
+]  # fmt: skip
+
+
+# --- Python API: RetryAfterError, the registry, the console services ------------------------------
+def with_lonely(env: Any) -> None:
+    with testing.no_broker():
+        env.event = Event.objects.get(pk=eventbus.send("cat/lonely", {}))
+
+
+API_CASES = [
+    *[
+        Case(f"retry-after-{name}", "RetryAfterError", lambda env, bad=bad: RetryAfterError(
+            "later", bad), "retry_after must be from 0 seconds to 100 years")
+        for name, bad in (("nan", math.nan), ("inf", math.inf), ("negative", -1),
+                          ("1e12", 1e12), ("negative-timedelta", timedelta(days=-1)))
+    ],
+    Case("registry-unknown-id", "registry.get", lambda env: registry.get("nope"),
+         "unknown workflow id 'nope'; registered: .*, t-steps, ", UnknownWorkflowError),
+    Case("svc-replay-malformed-id", "services", lambda env: services.replay_run("not-a-uuid"),
+         "'not-a-uuid' is not a valid run id", MalformedIdError),
+    Case("svc-replay-unknown-id", "services", lambda env: services.replay_run(UNKNOWN),
+         f"no run has the id {UNKNOWN}", UnknownRunError),
+    Case("svc-replay-unknown-step", "services",
+         lambda env: services.replay_run(env.run.pk, from_step="nope"),
+         "has no step 'nope'; its steps are: 's0', 's1'", UnknownStepError, setup=with_run),
+    Case("svc-replay-wrong-workspace", "services",
+         lambda env: services.replay_run(env.run.pk, workspace="other"),
+         "belongs to workspace 'default', not 'other'", WrongWorkspaceError, setup=with_run),
+    Case("svc-replay-event-unknown", "services", lambda env: services.replay_event(UNKNOWN),
+         f"no event has the id {UNKNOWN}", UnknownEventError),
+    Case("svc-replay-event-malformed-id", "services", lambda env: services.replay_event("123"),
+         "'123' is not a valid event id", MalformedIdError),
+    Case("svc-replay-event-scheduled", "services",
+         lambda env: services.replay_event(env.event.pk), "is still scheduled",
+         NotReplayableError, setup=with_scheduled),
+    Case("svc-replay-event-nobody-listens", "services",
+         lambda env: services.replay_event(env.event.pk), "no workflow is subscribed",
+         NotReplayableError, setup=with_lonely),
+    Case("svc-cancel-unknown-id", "services", lambda env: services.cancel_run(UNKNOWN),
+         f"no run has the id {UNKNOWN}", UnknownRunError),
+    Case("svc-select-bad-status", "services", lambda env: services.select_runs(status="broken"),
+         "unknown status 'broken'; use one of: queued", ConsoleError),
+    Case("svc-parse-when-garbage", "services", lambda env: services.parse_when("yesterday-ish"),
+         "'yesterday-ish' is not an ISO date", ConsoleError),
+    Case("svc-purge-active-status", "services",
+         lambda env: list(retention.purge_runs(30, ["running"])),
+         "runs with status 'running' are still active and cannot be purged; purge one of: "
+         "cancelled, completed, failed", ConsoleError),
+    Case("svc-purge-batch-zero", "services",
+         lambda env: list(retention.purge_runs(30, None, batch_size=0)),
+         "batch_size must be a whole number of 1 or more, got 0", ConsoleError),
+    Case("svc-pause-unknown-workflow", "services",
+         lambda env: workflows.pause_workflow("no-such-workflow"),
+         "unknown workflow id 'no-such-workflow'", ConsoleError),
+    Case("svc-pause-unknown-workspace", "services",
+         lambda env: workflows.pause_workflow("t-steps", workspace="nope"),
+         "unknown workspace 'nope'", ConsoleError),
+    Case("svc-cancel-runs-bad-status", "services",
+         lambda env: list(pausing.cancel_runs("t-steps", statuses=["completed"])),
+         "unknown status 'completed'", ConsoleError),
+]  # fmt: skip
+
+
+for _case in COORDINATION_CASES:
+    if _case.entry == "step" and _case.id not in (
+        "invoke-unknown-id",
+        "wfe-match-absent-in-trigger",
+    ):
+        _case.stored_type = "StepUsageError"
+
+CASES = (
+    SEND_CASES
+    + STEP_CASES
+    + WORKFLOW_CASES
+    + COMMAND_CASES
+    + ADMIN_CASES
+    + COORDINATION_CASES
+    + SCHEDULE_CASES
+    + HTTP_CASES
+    + API_CASES
+)
 STEP_BODIES.update({case.id: case.act for case in COORDINATION_CASES if case.entry == "step"})
 
 
@@ -841,6 +1441,8 @@ class Env:
         self.run: WorkflowRun | None = None
         self.event: Event | None = None
         self.other: WorkflowRun | None = None
+        self.key: str | None = None  # an event key (http cases)
+        self.hook: Webhook | None = None
 
     def completed_run(self) -> WorkflowRun:
         with testing.no_broker():
@@ -900,7 +1502,7 @@ class Env:
             assert peak < limit, f"peak allocation {peak} bytes is not bounded"
 
 
-def counts() -> dict[str, int]:
+def counts() -> dict[str, Any]:
     # Lifecycle events the engine emits about a run's end ("workflows/run.failed") are
     # the documented outcome of a failed run, not a half-written input.
     return {
@@ -908,6 +1510,10 @@ def counts() -> dict[str, int]:
         "runs": WorkflowRun.objects.count(),
         "steps": StepResult.objects.count(),
         "workspaces": Workspace.objects.count(),
+        "waits": Wait.objects.count(),
+        "event keys": EventKey.objects.count(),
+        "schedules": list(Schedule.objects.order_by("pk").values()),
+        "workflows": sorted(wf.id for wf in registry.all_workflows()),
     }
 
 
@@ -926,6 +1532,8 @@ def test_bad_input_gets_a_clear_error_and_leaves_nothing_half_written(case, clie
         run.refresh_from_db()
         assert run.status == RunStatus.FAILED, (run.status, run.output)
         shown = run.error["message"]
+        if case.stored_type is not None:
+            assert run.error["type"] == case.stored_type, (case.id, run.error["type"])
         after = counts()
         memos = list(StepResult.objects.filter(run=run))
         assert not Event.objects.filter(source_run_id=run.pk).exists()
@@ -934,7 +1542,7 @@ def test_bad_input_gets_a_clear_error_and_leaves_nothing_half_written(case, clie
             before["steps"] += 1
         else:
             assert memos == []
-    elif case.entry == "admin":
+    elif case.entry in ("admin", "http"):
         before = counts()
         shown = case.act(env)
         after = counts()

@@ -1,6 +1,5 @@
 """The management commands: thin wrappers over the services, with clear errors."""
 
-import uuid
 from datetime import timedelta
 
 import pytest
@@ -8,7 +7,7 @@ from django.core.management.base import CommandError
 from django.utils import timezone
 
 import eventbus
-from eventbus.models import Event, Workspace
+from eventbus.models import Event
 from tests import admin_workflows, conftest
 from tests.conftest import run_command as run
 from workflows import testing
@@ -43,26 +42,6 @@ def test_send_event_deferred_with_ts():
     assert Event.objects.get().status == "scheduled"
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--data", "{not json"], "--data is not valid JSON"),
-        (["--data", "[1, 2"], "--data is not valid JSON"),
-        (["--ts", "soon"], "--ts must be a number"),
-        (["--workspace", "nowhere"], "unknown workspace 'nowhere'"),
-    ],
-)
-def test_send_event_bad_arguments(args, message):
-    with pytest.raises(CommandError, match=message):
-        run("send_event", "adm/steps", *args)
-    assert not Event.objects.exists()
-
-
-def test_send_event_bad_name():
-    with pytest.raises(CommandError, match="event name"):
-        run("send_event", "  ")
-
-
 def test_replay_run_and_from_step():
     original = failed_run()
     admin_workflows.FLAKY["fail"] = False
@@ -76,54 +55,6 @@ def test_replay_run_and_from_step():
     testing.drain(skip_time=True)
     replay.refresh_from_db()
     assert replay.status == RunStatus.COMPLETED
-
-
-BAD_IDS = [
-    ("not-a-uuid", "is not a valid"),
-    (str(uuid.UUID(int=1)), "no (run|event) has the id"),
-]
-
-
-@pytest.mark.parametrize("command", ["replay_run", "cancel_run", "show_run", "replay_event"])
-@pytest.mark.parametrize(("value", "message"), BAD_IDS)
-def test_unknown_and_malformed_ids(command, value, message):
-    with pytest.raises(CommandError, match=message):
-        run(command, value)
-
-
-@pytest.mark.parametrize("command", ["replay_run", "cancel_run", "show_run"])
-def test_wrong_workspace(command):
-    original = failed_run()
-    Workspace.objects.create(slug="acme")
-    with pytest.raises(CommandError, match="belongs to workspace 'default', not 'acme'"):
-        run(command, str(original.pk), "--workspace", "acme")
-
-
-def test_replay_event_wrong_workspace():
-    event_id = eventbus.send("adm/steps", {})
-    Workspace.objects.create(slug="acme")
-    with pytest.raises(CommandError, match="not 'acme'"):
-        run("replay_event", event_id, "--workspace", "acme")
-
-
-def test_replay_run_unknown_step_lists_the_valid_ones():
-    original = failed_run()
-    with pytest.raises(CommandError, match="has no step 'charg'; its steps are: 'prepare'"):
-        run("replay_run", str(original.pk), "--from-step", "charg")
-    assert not WorkflowRun.objects.filter(replay_of=original).exists()
-
-
-def test_replay_run_argument_combinations():
-    with pytest.raises(CommandError, match="give a RUN_ID"):
-        run("replay_run")
-    with pytest.raises(CommandError, match="not both"):
-        run("replay_run", str(uuid.uuid4()), "--status", "failed")
-    with pytest.raises(CommandError, match="--from-step needs a RUN_ID"):
-        run("replay_run", "--status", "failed", "--from-step", "x")
-    with pytest.raises(CommandError, match="unknown status 'broke'"):
-        run("replay_run", "--status", "broke")
-    with pytest.raises(CommandError, match="not an ISO date"):
-        run("replay_run", "--status", "failed", "--since", "last tuesday")
 
 
 def test_bulk_replay_shows_progress_and_summary():
@@ -164,10 +95,6 @@ def test_list_runs_table_and_filters():
     out = run("list_runs", "--status", "failed")
     assert "adm-flaky" in out and "adm-steps" not in out
     assert "No runs match." in run("list_runs", "--workflow", "unknown-wf")
-    with pytest.raises(CommandError, match="unknown status 'nope'; use one of: queued"):
-        run("list_runs", "--status", "nope")
-    with pytest.raises(CommandError, match="unknown workspace 'zzz'"):
-        run("list_runs", "--workspace", "zzz")
 
 
 def test_show_run_prints_a_timeline():
@@ -189,12 +116,6 @@ def test_purge_runs_command():
     out = run("purge_runs", "--older-than", "7", "--status", "failed", "--batch-size", "2")
     assert "deleted 2/3 run(s)" in out and "Purged 3 run(s)." in out
     assert not WorkflowRun.objects.exists()
-    with pytest.raises(CommandError, match="'queued' are still active and cannot be purged"):
-        run("purge_runs", "--older-than", "7", "--status", "queued")
-    with pytest.raises(CommandError, match="argument --older-than: must be a number of days"):
-        run("purge_runs", "--older-than", "soon")
-    with pytest.raises(CommandError, match="argument --older-than: .* got '-1'"):
-        run("purge_runs", "--older-than", "-1")
 
 
 def test_a_bad_argument_exits_non_zero_from_the_shell():

@@ -17,8 +17,8 @@ from eventbus.models import Event, EventStatus, Workspace
 from tests.conftest import wait_until
 from tests.testapp.models import LedgerEntry
 from workflows import StepError, engine, lifecycle, registry, services, waits, workflow
-from workflows.exceptions import StepUsageError, WorkflowDefinitionError
-from workflows.models import RunStatus, StepResult, StepStatus, Wait, WaitKind, WorkflowRun
+from workflows.exceptions import StepUsageError
+from workflows.models import RunStatus, StepStatus, Wait, WaitKind, WorkflowRun
 from workflows.testing import drain, no_broker
 
 pytestmark = pytest.mark.django_db
@@ -431,82 +431,7 @@ def test_system_events_are_emitted_in_the_runs_workspace_and_trigger_workflows()
     assert not Event.objects.filter(data__run_id__in=[str(r.pk) for r in listeners]).exists()
 
 
-# --- bad input -----------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "call, message",
-    [
-        (lambda s: s.wait_for_event("w", event="a/b", timeout=0), "more than zero"),
-        (lambda s: s.wait_for_event("w", event="a/b", timeout=-5), "more than zero"),
-        (lambda s: s.wait_for_event("w", event="a/b"), "timeout is required"),
-        (lambda s: s.wait_for_event("w", event="a/b", timeout="3 fortnights"), "not a duration"),
-        (lambda s: s.wait_for_event("w", event="a/b", timeout=5, match="orderId"), "dotted path"),
-        (lambda s: s.wait_for_event("w", event="a/b", timeout=5, match="data..x"), "dotted path"),
-        (
-            lambda s: s.wait_for_event("w", event="a/b", timeout=5, if_="async.data =="),
-            "does not parse",
-        ),
-        (lambda s: s.wait_for_event("w", event="", timeout=5), "event"),
-        (lambda s: s.wait_for_event("w", event="a/*", timeout=5), "event"),
-        (lambda s: s.invoke("i", workflow=print), "@workflow"),
-        (lambda s: s.invoke("i", workflow="c-child", timeout=0), "more than zero"),
-        (
-            lambda s: s.invoke("i", workflow="c-child", data={"x": float("nan")}),
-            "nan is not allowed",
-        ),
-        (lambda s: s.parallel("p", []), "non-empty list"),
-        (lambda s: s.parallel("p", [1]), "not a function"),
-        (lambda s: s.parallel("p", [print] * 101), "the limit is 100"),
-    ],
-)
-def test_bad_step_arguments_fail_the_run_with_a_clear_error(call, message):
-    @workflow(id="c-misuse", trigger="coord/misuse", retries=0)
-    def misuse(ctx):
-        call(ctx.step)
-
-    try:
-        run = start("coord/misuse")
-    finally:
-        registry.unregister("c-misuse")
-    run.refresh_from_db()
-    assert run.status == RunStatus.FAILED
-    assert run.error["type"] == "StepUsageError"
-    assert message in run.error["message"]
-    assert (
-        "'w'" in run.error["message"]
-        or "'i'" in run.error["message"]
-        or "'p'" in run.error["message"]
-    )
-    assert not Wait.objects.exists() and not StepResult.objects.exists()
-
-
-def test_match_on_a_field_the_trigger_lacks_is_a_clear_error():
-    run = start("coord/order.created", {"noOrderId": True})
-    run.refresh_from_db()
-    assert run.status == RunStatus.FAILED
-    assert "trigger event has no data.orderId" in run.error["message"]
-    assert not Wait.objects.exists()
-
-
-@pytest.mark.parametrize(
-    "options, message",
-    [
-        ({"cancel_on": [{"match": "data.x"}]}, "needs an 'event'"),
-        ({"cancel_on": [{"event": "a/b", "match": "x"}]}, "dotted path"),
-        ({"cancel_on": [{"event": "a/b", "if": "async.data.x =="}]}, "does not parse"),
-        ({"cancel_on": [{"event": "a/b", "timeout": 0}]}, "more than zero"),
-        ({"cancel_on": [{"event": "a/b", "when": 1}]}, "unknown keys"),
-        ({"cancel_on": "a/b"}, "list of dicts"),
-        ({"timeouts": {"finish": -1}}, "more than zero"),
-        ({"timeouts": {"end": "1h"}}, "'start' and/or 'finish'"),
-        ({"on_failure": "not a function"}, "on_failure must be a plain function"),
-    ],
-)
-def test_bad_workflow_options_are_refused_at_definition(options, message):
-    with pytest.raises(WorkflowDefinitionError, match=message):
-        workflow(id="c-bad-options", trigger="coord/x", **options)(lambda ctx: None)
-    assert "c-bad-options" not in [wf.id for wf in registry.all_workflows()]
-
-
+# --- bad input: in tests/test_catalogue.py (COORDINATION_CASES) ---------------------------
 def test_step_usage_errors_are_value_errors_users_can_catch():
     assert issubclass(StepUsageError, ValueError)
     assert issubclass(StepError, Exception)

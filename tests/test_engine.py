@@ -153,26 +153,6 @@ def test_replaying_a_failed_step_raises_step_error_again_without_running_it():
     assert LedgerEntry.objects.filter(step="boom").count() == 2  # not run again
 
 
-@pytest.mark.parametrize(
-    ("kind", "message"),
-    [
-        ("nested", "steps cannot be nested"),
-        ("not-json", "not JSON-serialisable"),
-        ("bad-step-id", "step id must be a non-empty string"),
-        ("int-step-id", "step id must be a string"),
-        ("bad-event", "step.send_event('send'): event name 'has space' is malformed"),
-        ("bad-return", "return value of workflow 't-misuse'"),
-        ("other-workspace", "cannot send into workspace 'other'"),
-    ],
-)
-def test_misuse_fails_the_run_with_a_clear_error(kind, message):
-    Workspace.objects.create(slug="other")
-    run = finish(start("test/misuse", {"kind": kind}))
-    assert run.status == RunStatus.FAILED
-    assert message in run.error["message"]
-    assert Event.objects.filter(workspace__slug="other").count() == 0
-
-
 def test_changed_code_raises_non_determinism_error():
     run = start("test/shape")
     engine.execute(run.pk)

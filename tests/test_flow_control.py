@@ -15,7 +15,6 @@ from django.utils import timezone
 
 import eventbus
 from workflows import runstore, workflow
-from workflows.exceptions import WorkflowDefinitionError
 from workflows.models import RunStatus, ThrottleState, WorkflowRun
 from workflows.testing import drain, no_broker
 
@@ -141,30 +140,6 @@ def test_drain_runs_limited_and_throttled_workflows_to_the_end():
         send("flow/throttled", {"key": "k", "seconds": 0})
     drain(skip_time=True)
     assert set(WorkflowRun.objects.values_list("status", flat=True)) == {RunStatus.COMPLETED}
-
-
-@pytest.mark.parametrize(
-    "options, message",
-    [
-        ({"concurrency": 0}, "limit must be a whole number from 1"),
-        (
-            {"concurrency": [{"limit": 1}, {"limit": 1, "key": "event.data.a"}, {"limit": 2}]},
-            "at most 2 are allowed",
-        ),
-        ({"concurrency": {"limit": 1, "scope": "x"}}, "unknown keys ['scope']"),
-        ({"concurrency": {"key": "event.data.a"}}, "needs a 'limit'"),
-        ({"concurrency": {"limit": 1, "key": "event.data.("}}, "does not parse at line 1"),
-        ({"throttle": {"limit": 1, "period": 0}}, "throttle period: the duration must be more"),
-        ({"throttle": {"limit": 1}}, "needs a 'period'"),
-        ({"priority": {"run": "1 +"}}, "priority run: the CEL expression"),
-        ({"priority": "event.data.p"}, "must be a dict with one key, 'run'"),
-    ],
-)
-def test_bad_flow_control_options_are_refused_at_decoration(options, message):
-    with pytest.raises(
-        WorkflowDefinitionError, match=message.replace("[", r"\[").replace("(", r"\(")
-    ):
-        workflow(id="bad-flow", trigger="flow/bad", **options)(lambda ctx: None)
 
 
 def test_show_run_and_the_admin_page_say_what_holds_a_queued_run(admin_client):

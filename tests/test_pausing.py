@@ -3,7 +3,7 @@ the invoke depth limit; in-process, through the commands, the admin and a real w
 
 import pytest
 from django.contrib.auth.models import Permission, User
-from django.core.management import CommandError, call_command
+from django.core.management import call_command
 from django.test import override_settings
 
 import eventbus
@@ -55,10 +55,6 @@ def test_a_pause_in_one_workspace_leaves_the_others_alone():
     workflows.pause_workflow(STEPS)
     with pytest.raises(ConsoleError, match="paused in every workspace: resume it everywhere"):
         workflows.resume_workflow(STEPS, workspace="alpha")
-    with pytest.raises(ConsoleError, match="unknown workflow id .no-such-workflow."):
-        workflows.pause_workflow("no-such-workflow")
-    with pytest.raises(ConsoleError, match="unknown workspace 'nope'"):
-        workflows.pause_workflow(STEPS, workspace="nope")
 
 
 @pytest.mark.django_db
@@ -75,8 +71,6 @@ def test_bulk_cancellation_has_no_upper_bound_and_honours_its_filters():
         .exists()
     )
     assert WorkflowRun.objects.exclude(workflow_id=STEPS).get().status == RunStatus.QUEUED
-    with pytest.raises(ConsoleError, match="unknown status 'completed'"):
-        list(pausing.cancel_runs(STEPS, statuses=["completed"]))
 
 
 @pytest.mark.django_db
@@ -90,12 +84,6 @@ def test_the_commands(capsys):
     assert "Cancelled 1 run(s)." in capsys.readouterr().out
     call_command("resume_workflow", STEPS)
     assert "Resumed t-steps; 0 run(s) move on." in capsys.readouterr().out
-    with pytest.raises(CommandError, match="is not paused"):
-        call_command("resume_workflow", STEPS)
-    with pytest.raises(CommandError, match="give either a RUN_ID or --workflow"):
-        call_command("cancel_run", "00000000-0000-0000-0000-000000000000", "--workflow", STEPS)
-    with pytest.raises(CommandError, match="go with --workflow"):
-        call_command("cancel_run", "00000000-0000-0000-0000-000000000000", "--dry-run")
 
 
 @pytest.mark.django_db

@@ -4,8 +4,7 @@ import pytest
 from django.core.management import call_command
 from django.test import override_settings
 
-from workflows import checks, registry, workflow
-from workflows.exceptions import UnknownWorkflowError, WorkflowDefinitionError
+from workflows import checks, registry
 
 
 def test_autodiscovery_finds_app_workflows_and_workflows_modules():
@@ -13,38 +12,6 @@ def test_autodiscovery_finds_app_workflows_and_workflows_modules():
     assert {"t-steps", "t-fanout"} <= ids  # tests/testapp/workflows.py
     assert {"demo-onboarding", "demo-audit"} <= ids  # example/workflows.py
     assert {"c-wait", "c-parent"} <= ids  # WORKFLOWS_MODULES: tests/coord_workflows.py
-
-
-@pytest.mark.parametrize(
-    ("options", "message"),
-    [
-        ({"id": ""}, "workflow id '' is invalid"),
-        ({"id": "has space"}, "is invalid"),
-        ({"id": 7}, "is invalid"),
-        ({"id": "x", "trigger": "bad name"}, "not an event name"),
-        ({"id": "x", "trigger": "a/*/b"}, "not an event name"),
-        ({"id": "x", "trigger": []}, "non-empty list"),
-        ({"id": "x", "trigger": [5]}, "not an event name"),
-        ({"id": "x", "retries": -1}, "retries must be a whole number"),
-        ({"id": "x", "retries": "3"}, "retries must be a whole number"),
-    ],
-)
-def test_bad_definitions_are_refused(options, message):
-    with pytest.raises(WorkflowDefinitionError, match=message):
-        workflow(**options)(lambda ctx: None)
-
-
-def test_a_workflow_id_defined_twice_is_an_error():
-    def other(ctx):
-        return None
-
-    with pytest.raises(WorkflowDefinitionError, match="'t-steps' is defined twice"):
-        workflow(id="t-steps", trigger="x/y")(other)
-
-
-def test_unknown_workflow_id_lists_the_known_ones():
-    with pytest.raises(UnknownWorkflowError, match="unknown workflow id 'nope'; registered: "):
-        registry.get("nope")
 
 
 def test_wildcard_matching():

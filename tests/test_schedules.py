@@ -16,11 +16,8 @@ from django.urls import reverse
 from eventbus.models import Event
 from workflows import cron, firing, registry, schedules, workflow
 from workflows.exceptions import (
-    DuplicateScheduleError,
     ScheduleError,
     UnknownScheduleError,
-    UnknownWorkflowError,
-    WorkflowDefinitionError,
 )
 from workflows.models import Schedule, ScheduleSource, WorkflowRun
 
@@ -69,27 +66,7 @@ def _code_target(ctx):
     return ctx.event.data
 
 
-# --- parsing ------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("entry", "message"),
-    [
-        ("61 * * * *", r"cron\[\d\]: .*minute field '61' at position 1"),
-        ("0 25 * * *", "hour field '25' at position 3"),
-        ("* * *", "has 3 fields"),
-        ("* * * * * * *", "has 7 fields"),
-        ("TZ=Mars/Olympus 0 2 * * *", "unknown time zone 'Mars/Olympus' at position 4"),
-        ("TZ=Europe/Paris 0 2 * 13 *", "month field '13' at position 23"),
-        ("", "non-empty string"),
-    ],
-)
-def test_a_bad_cron_or_zone_is_a_definition_error_at_decoration(entry, message):
-    with pytest.raises(WorkflowDefinitionError, match=message):
-        workflow(id="s-bad", cron=entry)(_code_target)
-    with pytest.raises(WorkflowDefinitionError, match=message):
-        workflow(id="s-bad", cron=["0 2 * * *", entry])(_code_target)  # cron[1]
-    assert "s-bad" not in {wf.id for wf in registry.all_workflows()}
-
-
+# --- parsing (bad entries: tests/test_catalogue.py) --------------------------------------
 def test_five_and_six_fields_and_the_default_zone_is_utc():
     start = utc(2024, 1, 1, 0, 0)
     assert slots("0 2 * * *", start, utc(2024, 1, 3)) == [utc(2024, 1, 1, 2), utc(2024, 1, 2, 2)]
@@ -232,30 +209,6 @@ def test_pause_resume_and_trigger():
     with pytest.raises(UnknownScheduleError, match="no schedule has the id 'ops'"):
         schedules.pause("ops")
     assert WorkflowRun.objects.count() == 1  # only the trigger
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "error", "message"),
-    [
-        ({"cron": "61 * * * *"}, WorkflowDefinitionError, "minute field '61'"),
-        ({"cron": "TZ=Nowhere/City * * * * *"}, WorkflowDefinitionError, "unknown time zone"),
-        ({"cron": []}, WorkflowDefinitionError, "non-empty list"),
-        ({"workflow": "no-such-workflow"}, UnknownWorkflowError, "unknown workflow id"),
-        ({"data": {"when": datetime(2024, 1, 1)}}, ScheduleError, "not JSON-serialisable"),
-        ({"data": {1: "x"}}, ScheduleError, "keys must be strings"),
-        ({"schedule_id": "has space"}, ScheduleError, "schedule id 'has space' is invalid"),
-        ({"schedule_id": "workflow:x"}, ScheduleError, "is invalid"),
-        ({"schedule_id": "taken"}, DuplicateScheduleError, "exists already"),
-        ({"workspace": "nowhere"}, ValueError, "unknown workspace"),
-    ],
-)
-def test_bad_input_raises_the_documented_error_and_writes_nothing(kwargs, error, message):
-    schedules.create("taken", workflow="s-target", cron="0 2 * * *")
-    before = list(Schedule.objects.values())
-    arguments = {"schedule_id": "new", "workflow": "s-target", "cron": "0 2 * * *", **kwargs}
-    with pytest.raises(error, match=message):
-        schedules.create(arguments.pop("schedule_id"), **arguments)
-    assert list(Schedule.objects.values()) == before
 
 
 def test_update_changes_the_cron_from_its_next_slot():

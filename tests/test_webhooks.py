@@ -24,12 +24,12 @@ def two_events(request):
 
 
 def explodes(request):
-    """A transform that raises."""
+    """A transform that raises (a case of tests/test_catalogue.py posts through it)."""
     raise KeyError("no 'action' in the payload")
 
 
 def forges(request):
-    """A transform that returns a reserved name."""
+    """A transform that returns a reserved name (a case of tests/test_catalogue.py)."""
     return [{"name": "workflows/run.failed", "data": {}}]
 
 
@@ -72,28 +72,6 @@ def test_a_github_delivery_is_one_event_keyed_by_its_delivery_id_once(client):
     assert again.json() == {"ids": [event_id], "status": 200} and Event.objects.count() == 1
 
 
-@pytest.mark.parametrize(
-    "how",
-    ["missing", "wrong-secret", "tampered", "no-prefix"],
-)
-def test_a_bad_or_missing_signature_gets_401_and_stores_nothing(client, how):
-    webhook = hook()
-    raw = json.dumps({"ref": "main"}).encode()
-    if how == "missing":
-        reply = client.post(f"/w/{webhook.pk}", raw, content_type="application/json")
-    elif how == "wrong-secret":
-        reply = github(client, webhook, raw, secret="guess")
-    elif how == "tampered":
-        good = hmac.new(SECRET.encode(), raw, hashlib.sha256).hexdigest()
-        reply = github(client, webhook, raw.replace(b"main", b"evil"), signature=f"sha256={good}")
-    else:
-        good = hmac.new(SECRET.encode(), raw, hashlib.sha256).hexdigest()
-        reply = github(client, webhook, raw, signature=good)
-    assert reply.status_code == 401 and reply.json()["status"] == 401
-    assert "signature" in reply.json()["error"]
-    assert not Event.objects.exists()
-
-
 def test_the_signature_is_checked_before_the_body_is_parsed(client):
     reply = github(client, hook(), b"{not json", secret="guess")
     assert reply.status_code == 401  # not a 400 about JSON: the bytes were never parsed
@@ -125,22 +103,6 @@ def test_a_transform_by_dotted_path_makes_several_events_keyed_by_the_delivery(c
         ("github/issue.seen", {"by": "gh"}, "d-1:1"),
     ]
     assert github(client, webhook, {"n": 7}, delivery="d-1").json() == reply.json()
-
-
-@pytest.mark.parametrize(
-    "transform, body, message",
-    [
-        ("tests.test_webhooks.explodes", {"n": 1}, "no 'action' in the payload"),
-        ("tests.test_webhooks.forges", {"n": 1}, "reserved"),
-        ("", [1, 2], "needs a JSON object"),
-    ],
-)
-def test_a_failing_transform_gets_400_with_its_message_and_stores_nothing(
-    client, transform, body, message
-):
-    reply = github(client, hook(transform=transform), body)
-    assert reply.status_code == 400 and message in reply.json()["error"]
-    assert not Event.objects.exists()
 
 
 def test_unknown_or_disabled_webhooks_get_404_and_other_methods_405(client):

@@ -3,7 +3,6 @@
 import os
 import time
 
-from eventbus import send
 from workflows import NonRetriableError, RetryAfterError, StepError, workflow
 
 
@@ -94,28 +93,6 @@ def fails(ctx):
             return {"caught": str(exc)}
         raise
     return {"unreachable": True}
-
-
-@workflow(id="t-misuse", trigger="test/misuse", retries=0)
-def misuse(ctx):
-    """Uses the step API wrongly in the way the event asks."""
-    kind = ctx.event.data["kind"]
-    if kind == "nested":
-        return ctx.step.run("outer", lambda: ctx.step.run("inner", lambda: 1))
-    if kind == "not-json":
-        return ctx.step.run("set", lambda: {1, 2})
-    if kind == "bad-step-id":
-        return ctx.step.run("", lambda: 1)
-    if kind == "int-step-id":
-        return ctx.step.run(42, lambda: 1)
-    if kind == "bad-event":
-        return ctx.step.send_event("send", name="has space", data={})
-    if kind == "bad-return":
-        ctx.step.run("ok", lambda: 1)
-        return object()
-    if kind == "other-workspace":
-        return ctx.step.run("send", lambda: send("test/x", {}, workspace="other"))
-    raise AssertionError(kind)
 
 
 @workflow(id="t-loop", trigger="test/loop")

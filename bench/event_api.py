@@ -22,15 +22,9 @@ import time
 
 import psycopg
 
-from bench import config
+from bench import config, ports
 
 DB = os.environ.get("BENCH_EVENT_API_DB", "bench_event_api")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _setup() -> dict[str, str]:
@@ -115,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     from eventbus.models import Event
 
     _, key = eventbus.create_event_key()
-    port = _free_port()
+    port = ports.free_port()
     server = subprocess.Popen(
         [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"],
         cwd=config.ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -266,24 +266,20 @@ class OursPgBouncer(Ours):
     def _start_bouncer(self) -> str:
         import atexit
         import shutil
-        import socket
         import tempfile
         import urllib.parse
 
+        from bench import pgbouncer, ports
+
         server = urllib.parse.urlsplit(config.PG_SERVER)
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
         folder = Path(tempfile.mkdtemp(prefix="bench-pgbouncer-"))
-        (folder / "userlist.txt").write_text(f'"{server.username or "postgres"}" ""\n')
-        (folder / "pgbouncer.ini").write_text(
-            f"[databases]\n* = host={server.hostname} port={server.port or 5432}\n"
-            f"[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n"
-            f"unix_socket_dir =\nauth_type = trust\nauth_file = {folder}/userlist.txt\n"
-            "pool_mode = transaction\nmax_client_conn = 200\ndefault_pool_size = 20\n"
-            "ignore_startup_parameters = extra_float_digits,options\n"
+        ini, port = pgbouncer.write_config(
+            folder,
+            host=server.hostname or "127.0.0.1",
+            port=server.port or 5432,
+            user=server.username or "postgres",
         )
-        command = ["pgbouncer", str(folder / "pgbouncer.ini")]
+        command = ["pgbouncer", str(ini)]
         if os.geteuid() == 0:  # pgbouncer refuses to run as root
             shutil.chown(folder, "postgres")
             command[1:1] = ["-u", "postgres"]
@@ -297,7 +293,7 @@ class OursPgBouncer(Ours):
             shutil.rmtree(folder, ignore_errors=True)
 
         atexit.register(stop)
-        if not procs.wait_until(lambda: _port_open(port) or proc.poll() is not None, 15):
+        if not procs.wait_until(lambda: ports.port_open(port) or proc.poll() is not None, 15):
             raise RuntimeError("pgbouncer did not start (see bench/results/workers.log)")
         if proc.poll() is not None:
             raise RuntimeError("pgbouncer exited at start (see bench/results/workers.log)")
@@ -316,13 +312,6 @@ class OursPgBouncer(Ours):
         finally:
             self.connection.close()
             settings.update(saved)
-
-
-def _port_open(port: int) -> bool:
-    import socket
-
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 class CeleryPeer:

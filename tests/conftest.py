@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
+from bench import ports
+
 ROOT = Path(__file__).resolve().parent.parent
 # pytester: tests of this harness (tests/test_harness.py); workflows.pytest_plugin: the
 # fixtures offered to host projects, tested like any other part of the library.
@@ -204,15 +206,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Dispatcher(ProjectProcess):
     """A real ``manage.py run_dispatcher`` process against the test database."""
 
@@ -228,7 +221,7 @@ class RedisServer:
     """A private ``redis-server`` (no persistence) that a test may flush, kill and restart."""
 
     def __init__(self) -> None:
-        self.port = free_port()
+        self.port = ports.free_port()
         self.process: subprocess.Popen | None = None
         self.starts = 0
 

@@ -212,3 +212,30 @@ def test_the_emitting_task_executes_the_runs_its_events_start_up_to_a_batch():
     assert len(done) == batch and len(queued) == 3
     rung = [run_id for message in published(last=sorted(queued)[-1]) for run_id in ids_in(message)]
     assert sorted(rung) == sorted(queued)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_debounce_timer_is_timed_and_its_message_chases_it_when_it_moves():
+    from workflows.models import GateState
+
+    purge_test_queue()
+    first = eventbus.send("adm/typed", {"user": "ann", "n": 1})  # adm-debounce: 1 s
+    (gate,) = GateState.objects.filter(event_id=first)
+    (message,) = published(last=gate.pk)  # timed when the timer started
+    assert message.headers["task"] == doorbell.FIRE_GATES and ids_in(message) == [gate.pk]
+    assert eta_of(message) == gate.due_at
+    second = eventbus.send("adm/typed", {"user": "ann", "n": 2})  # moves the timer
+    moved = GateState.objects.get(pk=gate.pk)
+    assert moved.event_id != first and moved.due_at > gate.due_at
+    wait_until(lambda: timezone.now() >= gate.due_at, timeout=10, what="the first due time")
+    # The first message comes before the moved timer: it fires nothing, and times one
+    # message for the new due time (the second send timed none: its timer had started).
+    assert tasks.fire_gates([gate.pk]) == 0
+    (again,) = published(last=gate.pk)
+    assert eta_of(again) == moved.due_at
+    wait_until(lambda: timezone.now() >= moved.due_at, timeout=10, what="the moved due time")
+    assert tasks.fire_gates([gate.pk]) == 1
+    run = WorkflowRun.objects.get(workflow_id="adm-debounce")
+    assert str(run.event_id) == second
+    assert tasks.fire_gates([gate.pk]) == 0  # a repeated message fires nothing again
+    assert WorkflowRun.objects.filter(workflow_id="adm-debounce").count() == 1

@@ -110,6 +110,11 @@ def test_forged_messages_are_dropped_with_a_short_log_line(caplog):
     assert tasks.emit_events("x" * 5_000_000) == 0
     assert tasks.emit_events([123, "x" * 5_000_000, str(uuid.uuid4())]) == 0
     assert "malformed event id" in caplog.text
+    # A forged fire_gates message: too long a list, not a list, scopes that are no string.
+    assert tasks.fire_gates(["x"] * (doorbell.MAX_RUN_IDS + 1)) == 0
+    assert tasks.fire_gates("x" * 5_000_000) == 0
+    assert tasks.fire_gates([123, "x" * 5_000_000, "no-such-scope"]) == 0
+    assert "malformed gate scopes" in caplog.text
     assert all(len(record.getMessage()) < 300 for record in caplog.records)
 
 

@@ -110,6 +110,20 @@ def test_deferred_events_are_emitted_by_their_timed_message_with_no_dispatcher(
     assert all(row.delivered_ms >= ts_of[str(row.event_id)] for row in log), log  # not early
 
 
+def test_a_debounce_fires_on_its_timed_message_with_no_dispatcher(start_worker):
+    # No dispatcher: only the message timed when the debounce started, which finds it
+    # moved by the second event and times one for the new due time, can fire it.
+    start_worker(env={"WORKFLOWS_TEST_NO_DISPATCHER": "1"})
+    eventbus.send("adm/typed", {"user": "bob", "n": 1})
+    last = eventbus.send("adm/typed", {"user": "bob", "n": 2})
+    runs = WorkflowRun.objects.filter(workflow_id="adm-debounce")
+    wait_until(
+        lambda: runs.filter(status=RunStatus.COMPLETED).exists(), timeout=60, what="the run"
+    )
+    (run,) = runs
+    assert str(run.event_id) == last and run.output["last"] == 2
+
+
 def test_duplicate_messages_never_run_a_step_twice(worker):
     eventbus.send("test/steps", {"steps": 3, "step_seconds": 0.2})
     run = WorkflowRun.objects.get()

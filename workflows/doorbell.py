@@ -44,6 +44,7 @@ _override = None
 EXECUTE_RUN = "workflows.execute_run"
 EXECUTE_RUNS = "workflows.execute_runs"
 EMIT_EVENTS = "workflows.emit_events"
+FIRE_GATES = "workflows.fire_gates"
 #: Most run ids one message may carry: ``RING_BATCH_SIZE`` may not exceed it, and a
 #: worker drops a longer list as forged (it would hold a pool process for long).
 MAX_RUN_IDS = 1000
@@ -210,3 +211,38 @@ def ring_on_commit(run_ids: Iterable[Any], *, at: datetime | None = None) -> Non
     ids = [str(run_id) for run_id in run_ids]
     if ids:
         transaction.on_commit(lambda: ring(ids, at=at), robust=True)
+
+
+def time_gates(timers: Iterable[tuple[str, datetime | None]]) -> None:
+    """Once the current transaction commits, send messages that fire the debounces and
+    batches ``(scope, due_at)`` at their ``due_at``: those within ``ETA_HORIZON_SECONDS``
+    (the dispatcher fires the others), one message per ``BUCKET_MS`` of ``due_at``
+    timed for its earliest, as for events."""
+    timers = [(scope, at) for scope, at in timers if at is not None]
+    if timers:
+        transaction.on_commit(lambda: _send_gate_timers(timers), robust=True)
+
+
+def _send_gate_timers(timers: list[tuple[str, datetime]]) -> None:
+    if _override is not None:
+        return  # tests without a broker: their dispatcher pass fires what is due
+    horizon = timezone.now() + timedelta(seconds=conf.get().ETA_HORIZON_SECONDS)
+    buckets: dict[int, list[tuple[datetime, str]]] = {}
+    for scope, at in timers:
+        if at <= horizon:
+            buckets.setdefault(int(at.timestamp() * 1000) // BUCKET_MS, []).append((at, scope))
+    options = _options()
+    try:
+        for _, bucket in sorted(buckets.items()):
+            bucket.sort()
+            for lo in range(0, len(bucket), MAX_RUN_IDS):
+                part = bucket[lo : lo + MAX_RUN_IDS]
+                scopes = [scope for _, scope in part]
+                current_app.send_task(FIRE_GATES, (scopes,), eta=part[0][0], **options)
+    except Exception:
+        # The timers stay in their rows: the dispatcher fires them once they are due.
+        logger.warning(
+            "could not time %d debounce/batch timer(s); the dispatcher will fire them",
+            len(timers),
+            exc_info=True,
+        )

@@ -8,7 +8,10 @@ Two stages, both inside the transaction that stores the event:
    :class:`~workflows.models.GateState` (the latest event of a debounce; a new member of
    the open batch, stored as a :class:`~workflows.models.BatchEvent`). A batch that
    reaches ``max_size`` goes to stage 2 at once; otherwise the row's ``due_at`` is
-   when the dispatcher fires it (:func:`fire_due`, in its own transaction).
+   when it fires (in its own transaction): by a message timed for it when the timer
+   starts within ``ETA_HORIZON_SECONDS`` (:func:`fire_scopes`; a message that finds
+   its debounce moved later times one for the new ``due_at``), else, and as the
+   backstop, by the dispatcher (:func:`fire_due`).
 2. *Creating* (``idempotency``, ``rate_limit``, ``singleton``): whether the run that
    would start now may be created. A refused event gets an
    :class:`~workflows.models.EventSkip` with the reason.
@@ -32,7 +35,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from eventbus.models import Event
-from workflows import conf, expressions, lifecycle, registry
+from workflows import conf, doorbell, expressions, lifecycle, registry
 from workflows.exceptions import UnknownWorkflowError
 from workflows.models import (
     ACTIVE_VALUES,
@@ -87,8 +90,24 @@ def fire_due(limit: int, now: datetime | None = None) -> int:
     now = now or timezone.now()
     if not GateState.objects.due(now).exists():
         return 0  # the common pass: one indexed query, no transaction, no lock
+    return _fire(GateState.objects.due(now).order_by("due_at"), limit, now)
+
+
+def fire_scopes(scopes: Sequence[str], now: datetime | None = None) -> tuple[int, list]:
+    """Fire those of the debounces and batches ``scopes`` whose timer has come (a timed
+    message's task); return how many, and the ``(scope, due_at)`` of those whose timer
+    is still ahead (a debounce moved by a later event), for the caller to time again."""
+    now = now or timezone.now()
+    ahead = list(
+        GateState.objects.filter(pk__in=scopes, due_at__gt=now).values_list("pk", "due_at")
+    )
+    due = GateState.objects.due(now).filter(pk__in=scopes)
+    return _fire(due, len(scopes), now), ahead
+
+
+def _fire(due: Any, limit: int, now: datetime) -> int:
+    """Fire the gate rows of the queryset ``due`` (up to ``limit``), each once."""
     with transaction.atomic():
-        due = GateState.objects.due(now).order_by("due_at")
         if connection.features.has_select_for_update_skip_locked:
             due = due.select_for_update(skip_locked=True)
         rows = list(due[:limit])
@@ -142,6 +161,7 @@ def _collect(pairs: list[tuple[Event, registry.Workflow]], now: datetime) -> lis
     members: list[BatchEvent] = []
     full: list[_Candidate] = []
     arrived = {event.pk: event for event, _ in pairs}
+    started: set[str] = set()  # timers that start now (a moved one has its message)
     for event, wf, scope in keyed:
         state = states[scope]
         debounce, batch = wf.admission.debounce, wf.admission.batch
@@ -150,6 +170,7 @@ def _collect(pairs: list[tuple[Event, registry.Workflow]], now: datetime) -> lis
                 skips.append(_skip(state.event_id, wf, SkipReason.DEBOUNCED, f"event {event.pk}"))
             else:
                 state.first_at = now
+                started.add(scope)
             state.event_id = event.pk
             state.due_at = now + debounce.period
             if debounce.timeout is not None:
@@ -158,6 +179,7 @@ def _collect(pairs: list[tuple[Event, registry.Workflow]], now: datetime) -> lis
             if state.batch_id is None:
                 state.batch_id, state.size, state.event_id = uuid.uuid4(), 0, event.pk
                 state.first_at, state.due_at = now, now + batch.timeout
+                started.add(scope)
             members.append(
                 BatchEvent(
                     batch_id=state.batch_id, workflow_id=wf.id, event=event, position=state.size
@@ -171,6 +193,7 @@ def _collect(pairs: list[tuple[Event, registry.Workflow]], now: datetime) -> lis
     BatchEvent.objects.bulk_create(members, batch_size=1000)
     EventSkip.objects.bulk_create(skips, batch_size=1000)
     _save(states.values())
+    doorbell.time_gates((scope, states[scope].due_at) for scope in started)
     return full
 
 

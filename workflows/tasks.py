@@ -7,7 +7,7 @@ from celery import shared_task
 from django import db
 
 from eventbus import bus
-from workflows import conf, dispatcher, doorbell, engine
+from workflows import conf, dispatcher, doorbell, engine, gates
 from workflows.exceptions import EngineInterrupt
 
 logger = logging.getLogger("workflows.tasks")
@@ -108,6 +108,25 @@ def emit_events(event_ids: list[str]) -> int:
     if here:
         _execute_each(here)
     return emitted
+
+
+@shared_task(name=doorbell.FIRE_GATES, ignore_result=True)
+def fire_gates(scopes: list[str]) -> int:
+    """Fire the debounces and batches ``scopes`` whose timer has come; return how many.
+
+    The message was timed for their ``due_at`` (:func:`workflows.doorbell.time_gates`).
+    Each row is claimed as the dispatcher claims it, so one fired already is skipped;
+    a debounce moved later by another event is timed again for its new ``due_at``.
+    """
+    if not _id_list(scopes, "fire_gates", "gate"):
+        return 0
+    valid = [scope for scope in scopes if isinstance(scope, str) and 0 < len(scope) <= 500]
+    if len(valid) != len(scopes):
+        logger.error("dropping malformed gate scopes of a fire_gates message")
+    db.close_old_connections()
+    fired, ahead = gates.fire_scopes(valid)
+    doorbell.time_gates(ahead)
+    return fired
 
 
 @shared_task(name="workflows.dispatch", ignore_result=True)

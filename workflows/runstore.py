@@ -116,18 +116,18 @@ def claim(run_id: Any, token: str) -> WorkflowRun | None:
     now = timezone.now()
     lease = _lease_until(now)
     if connection.vendor == "postgresql":
-        found = runstore_pg.claim(run_id, token, now, lease)
-        run = found if not isinstance(found, dict) else _claim_shaped(found, token, now, lease)
+        run = runstore_pg.claim(run_id, token, now, lease)
     else:
         run = _claim_portable(run_id, token, now, lease, models.unshaped(now))
-        if run is None:
-            shaped = (
-                WorkflowRun.objects.filter(Q(pk=run_id) & models.runnable(now))
-                .exclude(models.unshaped(now))
-                .values("id", *slots.FIELDS)
-                .first()
-            )
-            run = None if shaped is None else _claim_shaped(shaped, token, now, lease)
+    if run is None:
+        # Not runnable (a late or repeated message), or held back by flow control.
+        shaped = (
+            WorkflowRun.objects.filter(Q(pk=run_id) & models.runnable(now))
+            .exclude(models.unshaped(now))
+            .values("id", *slots.FIELDS)
+            .first()
+        )
+        run = None if shaped is None else _claim_shaped(shaped, token, now, lease)
     if run is not None:
         _hold(token)
         if run.slot_1:

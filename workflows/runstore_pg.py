@@ -42,6 +42,23 @@ def past_relaxed(cursor: Any) -> None:
         cursor.cursor.nextset()
 
 
+def bound_cursor(conn: Any) -> Any:
+    """A cursor of ``conn`` that sends the parameters apart from the statement
+    (server-side binding), for one statement: none of the quoting of each value in
+    Python that Django's client-side cursors do (a fifth of a step's time). Nothing is
+    prepared, so a pooler in transaction mode stays safe. psycopg 2: a plain cursor."""
+    from django.db.backends.postgresql.psycopg_any import is_psycopg3  # PostgreSQL only
+
+    if not is_psycopg3:
+        return conn.cursor()
+    from django.db.backends.postgresql.base import ServerBindingCursor
+
+    conn.ensure_connection()
+    with conn.wrap_database_errors:
+        raw = ServerBindingCursor(conn.connection)
+    return conn.make_debug_cursor(raw) if conn.queries_logged else conn.make_cursor(raw)
+
+
 def _columns(model: type, alias: str) -> str:
     return ", ".join(f'{alias}."{f.column}"' for f in model._meta.concrete_fields)
 
@@ -232,7 +249,7 @@ def insert_fenced(memo: StepResult, run_id: Any, token: str) -> bool:
     sql, fields = _insert_sql
     conn = connections[DEFAULT_DB_ALIAS]  # one thread-local lookup, not one per field
     params = [f.get_db_prep_save(f.pre_save(memo, True), conn) for f in fields]
-    with conn.cursor() as cursor:
+    with bound_cursor(conn) as cursor:
         cursor.execute(sql, [*params, run_id, token])
         row = cursor.fetchone()
     if row is None:

@@ -13,6 +13,7 @@ its last flush.
 """
 
 import atexit
+import functools
 import json
 import logging
 import threading
@@ -56,7 +57,13 @@ _flusher: threading.Thread | None = None
 
 def labels_key(labels: Mapping[str, str]) -> str:
     """The stored form of a series' labels (sorted JSON, so one series is one row)."""
-    return json.dumps(dict(sorted(labels.items())), separators=(",", ":"))
+    return _stored(tuple(sorted(labels.items())))
+
+
+@functools.lru_cache(maxsize=4096)
+def _stored(items: tuple[tuple[str, str], ...]) -> str:
+    # A process meets few distinct label sets; each step would encode four of them.
+    return json.dumps(dict(items), separators=(",", ":"))
 
 
 def add(name: str, labels: Mapping[str, str], amount: float = 1.0) -> None:

@@ -169,23 +169,30 @@ def time_events(events: Iterable[tuple[str, int]]) -> None:
     ``BUCKET_MS`` of ``ts`` (at most ``MAX_RUN_IDS`` ids each), timed for its earliest."""
     if _override is not None:
         return  # tests without a broker: their dispatcher pass emits what is due
-    buckets: dict[int, list[tuple[int, str]]] = {}
-    for event_id, ts in events:
-        buckets.setdefault(ts // BUCKET_MS, []).append((ts, str(event_id)))
+    timed = [(datetime.fromtimestamp(ts / 1000, tz=UTC), event_id) for event_id, ts in events]
+    _send_timed(EMIT_EVENTS, timed, "event(s)")
+
+
+def _send_timed(task: str, items: list[tuple[datetime, str]], what: str) -> None:
+    """Send ``task`` messages for the ``(due time, id)`` items: one per ``BUCKET_MS`` of
+    due time (at most ``MAX_RUN_IDS`` ids each), timed for the earliest. If the broker
+    fails, the rows stay due and the dispatcher takes them when they are."""
+    buckets: dict[int, list[tuple[datetime, str]]] = {}
+    for at, item in items:
+        buckets.setdefault(int(at.timestamp() * 1000) // BUCKET_MS, []).append((at, str(item)))
     options = _options()
     try:
         for _, bucket in sorted(buckets.items()):
             bucket.sort()
             for lo in range(0, len(bucket), MAX_RUN_IDS):
                 part = bucket[lo : lo + MAX_RUN_IDS]
-                eta = datetime.fromtimestamp(part[0][0] / 1000, tz=UTC)
-                ids = [event_id for _, event_id in part]
-                current_app.send_task(EMIT_EVENTS, (ids,), eta=eta, **options)
+                ids = [item for _, item in part]
+                current_app.send_task(task, (ids,), eta=part[0][0], **options)
     except Exception:
-        # The events stay scheduled: the dispatcher emits them once they are due.
         logger.warning(
-            "could not time %d event(s); the dispatcher will emit them",
-            sum(map(len, buckets.values())),
+            "could not time %d %s; the dispatcher will take them once they are due",
+            len(items),
+            what,
             exc_info=True,
         )
 
@@ -227,22 +234,5 @@ def _send_gate_timers(timers: list[tuple[str, datetime]]) -> None:
     if _override is not None:
         return  # tests without a broker: their dispatcher pass fires what is due
     horizon = timezone.now() + timedelta(seconds=conf.get().ETA_HORIZON_SECONDS)
-    buckets: dict[int, list[tuple[datetime, str]]] = {}
-    for scope, at in timers:
-        if at <= horizon:
-            buckets.setdefault(int(at.timestamp() * 1000) // BUCKET_MS, []).append((at, scope))
-    options = _options()
-    try:
-        for _, bucket in sorted(buckets.items()):
-            bucket.sort()
-            for lo in range(0, len(bucket), MAX_RUN_IDS):
-                part = bucket[lo : lo + MAX_RUN_IDS]
-                scopes = [scope for _, scope in part]
-                current_app.send_task(FIRE_GATES, (scopes,), eta=part[0][0], **options)
-    except Exception:
-        # The timers stay in their rows: the dispatcher fires them once they are due.
-        logger.warning(
-            "could not time %d debounce/batch timer(s); the dispatcher will fire them",
-            len(timers),
-            exc_info=True,
-        )
+    near = [(at, scope) for scope, at in timers if at <= horizon]
+    _send_timed(FIRE_GATES, near, "debounce/batch timer(s)")

@@ -490,6 +490,19 @@ def define(**options: Any) -> Callable[[Any], Any]:
     return lambda env: workflow(**options)(lambda ctx: None)
 
 
+def options_refused(family: str, cases: tuple) -> list[Case]:
+    """``@workflow`` cases of one family of options, each ``(name, options, message)``."""
+    return [
+        Case(
+            f"wf-{family}-{name}",
+            "@workflow",
+            define(id="cat-bad", trigger="cat/bad", **options),
+            message,
+        )
+        for name, options, message in cases
+    ]
+
+
 WORKFLOW_CASES = [
     Case("wf-id-empty", "@workflow", define(id=""), "workflow id '' is invalid"),
     Case("wf-id-space", "@workflow", define(id="a b"), "workflow id 'a b' is invalid"),
@@ -580,14 +593,9 @@ WORKFLOW_CASES = [
         "trigger 'a/\\*/b' is not an event name",
     ),
     # flow control: concurrency, throttle, priority
-    *[
-        Case(
-            f"wf-flow-{name}",
-            "@workflow",
-            define(id="cat-bad", trigger="cat/bad", **options),
-            message,
-        )
-        for name, options, message in (
+    *options_refused(
+        "flow",
+        (
             (
                 "concurrency-zero",
                 {"concurrency": 0},
@@ -629,17 +637,12 @@ WORKFLOW_CASES = [
                 {"priority": "event.data.p"},
                 "priority must be a dict with one key, 'run'",
             ),
-        )
-    ],
+        ),
+    ),
     # admission: rate_limit, debounce, batch_events, singleton, idempotency
-    *[
-        Case(
-            f"wf-admission-{name}",
-            "@workflow",
-            define(id="cat-bad", trigger="cat/bad", **options),
-            message,
-        )
-        for name, options, message in (
+    *options_refused(
+        "admission",
+        (
             (
                 "batch-with-singleton",
                 {"batch_events": {"max_size": 2, "timeout": "1s"}, "singleton": {"mode": "skip"}},
@@ -681,8 +684,8 @@ WORKFLOW_CASES = [
                 {"debounce": {"period": "1s", "key": "a ==="}},
                 "debounce key: the CEL expression",
             ),
-        )
-    ],
+        ),
+    ),
     # cron=: each bad entry alone and as the second of a list
     *[
         Case(

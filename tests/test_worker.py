@@ -117,9 +117,7 @@ def test_a_debounce_fires_on_its_timed_message_with_no_dispatcher(start_worker):
     eventbus.send("adm/typed", {"user": "bob", "n": 1})
     last = eventbus.send("adm/typed", {"user": "bob", "n": 2})
     runs = WorkflowRun.objects.filter(workflow_id="adm-debounce")
-    wait_until(
-        lambda: runs.filter(status=RunStatus.COMPLETED).exists(), timeout=60, what="the run"
-    )
+    wait_until(lambda: runs.filter(status=RunStatus.COMPLETED).exists(), timeout=60, what="the run")
     (run,) = runs
     assert str(run.event_id) == last and run.output["last"] == 2
 

@@ -15,6 +15,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.core.paginator import Paginator
+from django.db import connections
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import NoReverseMatch, reverse
@@ -44,6 +45,32 @@ class CappedPaginator(Paginator):
             return self.object_list[: self.CAP].count()
         return min(len(self.object_list), self.CAP)
 
+    @cached_property
+    def estimate(self) -> int | None:
+        """Once the count reached ``CAP``: how many rows there are about, as PostgreSQL's
+        planner estimates them (no counting: one ``EXPLAIN``); ``None`` below the cap or
+        where there is no such estimate."""
+        rows = self.object_list
+        if self.count < self.CAP or not isinstance(rows, QuerySet):
+            return None
+        if connections[rows.db].vendor != "postgresql":
+            return None
+        plan = json.loads(rows.order_by().values("pk").explain(format="json"))
+        return max(int(plan[0]["Plan"]["Plan Rows"]), self.CAP)
+
+    def capped_note(self, plural: str) -> str | None:
+        """What to tell a reader of a list that reached the cap, or ``None``."""
+        if self.count < self.CAP:
+            return None
+        if self.estimate is not None:
+            how_many = f"about {self.estimate:,} {plural} (PostgreSQL's estimate)"
+        else:
+            how_many = f"at least {self.CAP:,} {plural}"
+        return (
+            f"There are {how_many}: the list counts and pages through the first "
+            f"{self.CAP:,} only. Filter or search to narrow it."
+        )
+
 
 class ReadOnlyAdmin(admin.ModelAdmin):
     """Nothing is added, changed or deleted through the console; everything is seen."""
@@ -68,7 +95,13 @@ class ReadOnlyAdmin(admin.ModelAdmin):
             if "\x00" in key or any("\x00" in value for value in values)
         )
         if not bad:
-            return super().changelist_view(request, extra_context)
+            response = super().changelist_view(request, extra_context)
+            changelist = getattr(response, "context_data", None) or {}
+            if "cl" in changelist:
+                note = changelist["cl"].paginator.capped_note(self.opts.verbose_name_plural)
+                if note:
+                    messages.info(request, note)  # shown by the page rendered next
+            return response
         kept = request.GET.copy()
         for key in bad:
             del kept[key]

@@ -320,3 +320,27 @@ def test_a_cancelled_runs_sleep_step_is_shown_cancelled(admin_client):
     steps = reverse("admin:workflows_stepresult_changelist")
     listing = result_rows(client.get(steps, {"q": str(run.pk)}))
     assert "wf-status-cancelled" in listing and "wf-status-sleeping" not in listing
+
+
+def test_a_list_that_reaches_the_count_cap_says_how_many_there_are_about(
+    client, viewer, monkeypatch
+):
+    from django.db import connection
+
+    from eventbus.admin import CappedPaginator
+
+    monkeypatch.setattr(CappedPaginator, "CAP", 3)
+    url = reverse("admin:eventbus_event_changelist")
+    with testing.no_broker():
+        eventbus.send_batch([{"name": "admin/capped"}] * 2)
+    below = client.get(url)
+    assert "the list counts and pages through" not in below.content.decode()
+    with testing.no_broker():
+        eventbus.send_batch([{"name": "admin/capped"}] * 10)
+    page = client.get(url).content.decode()
+    assert "the list counts and pages through the first 3 only" in page
+    if connection.vendor == "postgresql":
+        # The planner's estimate: positive and at least the cap, never a count.
+        assert "(PostgreSQL&#x27;s estimate)" in page and "There are about " in page
+    else:
+        assert "There are at least 3 events" in page

@@ -23,6 +23,7 @@ its own, and the ``workflows.dispatch`` task suits Celery beat.
 import contextlib
 import logging
 import threading
+from collections.abc import Callable
 
 from django.db import close_old_connections, connection, transaction
 
@@ -34,36 +35,26 @@ logger = logging.getLogger("workflows.dispatcher")
 
 def tick() -> dict[str, int]:
     """One pass; returns how many events were emitted, schedules fired and runs rung."""
-    settings = conf.get()
-    while bus.arm_due(settings.DISPATCH_BATCH) == settings.DISPATCH_BATCH:
-        pass
-    emitted = 0
-    while True:
-        count = bus.emit_due(settings.DISPATCH_BATCH)
-        emitted += count
-        if count < settings.DISPATCH_BATCH:
-            break
+    batch = conf.get().DISPATCH_BATCH
+    _drain(bus.arm_due, batch)
+    emitted = _drain(bus.emit_due, batch)
     firing.ensure_reconciled()
-    fired = 0
-    while True:
-        count = firing.fire_due(settings.DISPATCH_BATCH)
-        fired += count
-        if count < settings.DISPATCH_BATCH:
-            break
+    fired = _drain(firing.fire_due, batch)
     # Debounces and batches whose timer has come (workflows.gates): their runs start.
-    while True:
-        count = gates.fire_due(settings.DISPATCH_BATCH)
-        fired += count
-        if count < settings.DISPATCH_BATCH:
-            break
-    rung = 0
-    while True:
-        count = ring_due_runs(settings.DISPATCH_BATCH)
-        rung += count
-        if count < settings.DISPATCH_BATCH:
-            break
-    timed_out = lifecycle.expire_timeouts(settings.DISPATCH_BATCH)
+    fired += _drain(gates.fire_due, batch)
+    rung = _drain(ring_due_runs, batch)
+    timed_out = lifecycle.expire_timeouts(batch)
     return {"emitted": emitted, "fired": fired, "rung": rung, "timed_out": timed_out}
+
+
+def _drain(step: Callable[[int], int], batch: int) -> int:
+    """Call ``step(batch)`` until it handles fewer than ``batch`` rows; return the total."""
+    total = 0
+    while True:
+        count = step(batch)
+        total += count
+        if count < batch:
+            return total
 
 
 def ring_due_runs(limit: int) -> int:

@@ -51,6 +51,9 @@ from workflows.payloads import event_dict
 
 logger = logging.getLogger("workflows.gates")
 
+#: The longest scope a gate row (and so a ``fire_gates`` message) can name.
+SCOPE_MAX_LENGTH = GateState._meta.get_field("scope").max_length
+
 #: Fields of a gate row that decisions write back (the lock row's key fields excepted).
 _STATE_FIELDS = ("stamps", "run_id", "event_id", "batch_id", "size", "first_at", "due_at")
 

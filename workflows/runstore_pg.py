@@ -53,6 +53,7 @@ def bound_cursor(conn: Any) -> Any:
         return conn.cursor()
     from django.db.backends.postgresql.base import ServerBindingCursor
 
+    conn.validate_thread_sharing()  # as conn.cursor() does
     conn.ensure_connection()
     with conn.wrap_database_errors:
         raw = ServerBindingCursor(conn.connection)

@@ -120,7 +120,11 @@ def fire_gates(scopes: list[str]) -> int:
     """
     if not _id_list(scopes, "fire_gates", "gate"):
         return 0
-    valid = [scope for scope in scopes if isinstance(scope, str) and 0 < len(scope) <= 500]
+    valid = [
+        scope
+        for scope in scopes
+        if isinstance(scope, str) and 0 < len(scope) <= gates.SCOPE_MAX_LENGTH
+    ]
     if len(valid) != len(scopes):
         logger.error("dropping malformed gate scopes of a fire_gates message")
     db.close_old_connections()

@@ -51,4 +51,7 @@ WORKFLOWS = {
 if os.environ.get("WORKFLOWS_TEST_NO_DISPATCHER"):
     # A worker that only executes what it is rung for: nothing is rung on a timer.
     WORKFLOWS["DISPATCHER_IN_WORKER"] = False
+if os.environ.get("WORKFLOWS_TEST_RING_BATCH_SIZE"):
+    # A worker whose tasks execute fewer runs each (1: a message per run).
+    WORKFLOWS["RING_BATCH_SIZE"] = int(os.environ["WORKFLOWS_TEST_RING_BATCH_SIZE"])
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -66,6 +66,22 @@ def test_a_run_over_the_limit_is_held_queued_and_handed_the_slot_when_it_frees()
     assert claim(second)[0] is not None
 
 
+def test_a_claim_told_the_run_was_handed_a_slot_still_asks_and_survives_a_wrong_hint():
+    # A task executes the runs handed a slot by the runs it executed, and tells the
+    # claim so (it then asks flow control first). The hint never decides alone.
+    first, _ = send("flow/one")
+    second, _ = send("flow/one")
+    token = uuid.uuid4().hex
+    assert runstore.claim(first.pk, token, shaped=True) is not None
+    assert runstore.claim(second.pk, uuid.uuid4().hex, shaped=True) is None  # no room
+    second.refresh_from_db()
+    assert second.status == RunStatus.QUEUED and second.held_by == "concurrency wf:f-one"
+    plain, _ = send("test/steps", {"n": 1})  # no flow control: the hint is wrong
+    claimed = runstore.claim(plain.pk, uuid.uuid4().hex, shaped=True)
+    assert claimed is not None and claimed.status == RunStatus.RUNNING
+    assert runstore.claim(plain.pk, uuid.uuid4().hex, shaped=True) is None  # now running
+
+
 def test_keys_are_stored_on_the_run_and_groups_are_per_key():
     run, _ = send("flow/keyed", {"account": "acme"})
     assert (run.slot_1, run.slot_2) == ("wf:f-keyed", "wf:f-keyed:acme")

@@ -30,15 +30,34 @@ def spans(prefix: str) -> list[Span]:
     return list(Span.objects.filter(label__startswith=prefix).order_by("started"))
 
 
-def test_a_limit_holds_across_workers_and_each_freed_slot_is_handed_on(start_worker):
-    start_worker(concurrency=2, env=RUNG_ONLY)
-    start_worker(concurrency=2, env=RUNG_ONLY)
-    eventbus.send_batch([{"name": "flow/one", "data": {"seconds": 0.3}} for _ in range(6)])
+#: ... and whose tasks execute one run each: a run handed a slot gets a message of its
+#: own, which any worker may take.
+MESSAGE_PER_RUN = {**RUNG_ONLY, "WORKFLOWS_TEST_RING_BATCH_SIZE": "1"}
+
+
+def six_runs_of_a_limit_of_one(seconds: float) -> set[int]:
+    """Send six runs of a workflow with ``concurrency=1``; once all completed, check that
+    they never overlapped and return the pids of the processes that executed them."""
+    eventbus.send_batch([{"name": "flow/one", "data": {"seconds": seconds}} for _ in range(6)])
     all_completed(6)
     recorded = spans("one")
     assert len(recorded) == 6
     assert most_at_once(recorded) == 1
-    assert len({span.pid for span in recorded}) > 1  # the runs really went to several
+    return {span.pid for span in recorded}
+
+
+def test_a_limit_holds_across_workers_and_each_freed_slot_is_handed_on(start_worker):
+    start_worker(concurrency=2, env=MESSAGE_PER_RUN)
+    start_worker(concurrency=2, env=MESSAGE_PER_RUN)
+    assert len(six_runs_of_a_limit_of_one(0.3)) > 1  # the runs really went to several
+
+
+def test_the_process_that_frees_a_slot_starts_the_next_run_in_line_itself(start_worker):
+    # The task that executed the run freeing the slot executes the run handed it, with
+    # no message: the line moves on in one process (a message each would go to
+    # whichever pool process is free, and the one still ending its run is not).
+    start_worker(concurrency=2, env=RUNG_ONLY)
+    assert len(six_runs_of_a_limit_of_one(0.2)) == 1
 
 
 def test_each_key_has_its_own_slots_and_both_limits_hold(start_worker):

@@ -15,8 +15,9 @@ timed the same way (:class:`EventTimer`): a worker then holds only the messages 
 next ``ETA_HORIZON_SECONDS``, however much work is pending.
 
 A worker task that starts runs itself can take their bells instead (:func:`answering`):
-the task that emits armed events executes the runs they start, up to
-``RING_BATCH_SIZE``, without a message and a hop through the broker for each.
+the task that emits armed events executes the runs they start, and a task that executes
+runs executes those their ends hand a concurrency slot to, up to ``RING_BATCH_SIZE``
+runs per task, without a message and a hop through the broker for each.
 
 Messages name the tasks of :mod:`workflows.tasks` rather than importing them, so the
 layers below the engine never depend on the engine above them.
@@ -50,41 +51,51 @@ FIRE_GATES = "workflows.fire_gates"
 MAX_RUN_IDS = 1000
 #: A ring of many runs is split into at least this many messages (when it has as many).
 _SPREAD = 4
-#: Inside :func:`answering`: the runs taken here, and how many more may be.
-_answering: ContextVar[tuple[list[str], int] | None] = ContextVar(
+#: Inside :func:`answering`: the runs taken here, how many more may be, and whether
+#: only runs handed a slot are taken.
+_answering: ContextVar[tuple[list[str], int, bool] | None] = ContextVar(
     "workflows_answering", default=None
 )
 
 
 @contextlib.contextmanager
-def answering(limit: int) -> Iterator[list[str]]:
+def answering(limit: int, *, handed_only: bool = False) -> Iterator[list[str]]:
     """Inside the block, the first ``limit`` runs rung for now are not sent a message but
     collected in the yielded list: the caller (a worker task) executes them itself.
 
+    With ``handed_only``, only runs handed a concurrency slot are collected (see
+    :func:`workflows.slots.hand_over`); every other bell is sent, so that what must
+    spread over workers (the branches of ``step.parallel``, a fan-out) still does.
     Ringing is still only a hint: a collected run stays queued until it is claimed, and
     if the caller dies first the dispatcher rings it after ``RING_TIMEOUT_SECONDS``.
     """
     taken: list[str] = []
-    reset = _answering.set((taken, limit))
+    reset = _answering.set((taken, limit, handed_only))
     try:
         yield taken
     finally:
         _answering.reset(reset)
 
 
-def _take_here(ids: list[str]) -> list[str]:
+def _take_here(ids: list[str], handed: bool) -> list[str]:
     """Collect what :func:`answering` takes of ``ids``; return the rest, to be sent."""
     here = _answering.get()
     if here is None:
         return ids
-    taken, limit = here
+    taken, limit, handed_only = here
+    if handed_only and not handed:
+        return ids
     room = max(0, limit - len(taken))
     taken.extend(ids[:room])
     return ids[room:]
 
 
-def ring(run_ids: Iterable[Any], *, at: datetime | None = None) -> None:
-    """Ask a worker to execute each run, now or at ``at`` (within the eta horizon)."""
+def ring(run_ids: Iterable[Any], *, at: datetime | None = None, handed: bool = False) -> None:
+    """Ask a worker to execute each run, now or at ``at`` (within the eta horizon).
+
+    ``handed``: the runs were handed a concurrency slot just freed (a task executing
+    runs may take them, see :func:`answering`).
+    """
     ids = [str(run_id) for run_id in run_ids]
     if not ids:
         return
@@ -98,7 +109,7 @@ def ring(run_ids: Iterable[Any], *, at: datetime | None = None) -> None:
             return  # too far ahead for the broker: the dispatcher rings when it is due
         options["eta"] = at
     else:
-        ids = _take_here(ids)
+        ids = _take_here(ids, handed)
         if not ids:
             return
     try:
@@ -213,11 +224,13 @@ def chunks(ids: list[str], batch_size: int) -> list[list[str]]:
     return [ids[lo : lo + size] for lo in range(0, len(ids), size)]
 
 
-def ring_on_commit(run_ids: Iterable[Any], *, at: datetime | None = None) -> None:
+def ring_on_commit(
+    run_ids: Iterable[Any], *, at: datetime | None = None, handed: bool = False
+) -> None:
     """Ring once the current transaction commits (never if it rolls back)."""
     ids = [str(run_id) for run_id in run_ids]
     if ids:
-        transaction.on_commit(lambda: ring(ids, at=at), robust=True)
+        transaction.on_commit(lambda: ring(ids, at=at, handed=handed), robust=True)
 
 
 def time_gates(timers: Iterable[tuple[str, datetime | None]]) -> None:

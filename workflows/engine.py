@@ -41,17 +41,18 @@ from workflows.models import RunStatus, WorkflowRun
 logger = logging.getLogger("workflows.engine")
 
 
-def execute(run_id: Any, *, keep_lease_alive: bool = False) -> str:
+def execute(run_id: Any, *, keep_lease_alive: bool = False, handed: bool = False) -> str:
     """Execute the run if it is ours to run; return what happened.
 
     One of ``"skipped"`` (not runnable: finished, running elsewhere, not yet due),
     ``"completed"``, ``"failed"``, ``"paused"``, ``"suspended"``, ``"cancelled"``,
     ``"lost"`` (another worker took it over) or ``"deferred"`` (its workflow is not
-    registered here).
+    registered here). ``handed``: the run was handed a concurrency slot (a hint for
+    the claim, see :func:`workflows.runstore.claim`).
     """
     token = uuid.uuid4().hex
     before = timezone.now()
-    run = runstore.claim(run_id, token)
+    run = runstore.claim(run_id, token, shaped=handed)
     if run is None:
         return "skipped"
     if run.started_at is not None and run.started_at >= before:

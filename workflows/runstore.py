@@ -106,28 +106,29 @@ def take_due(limit: int, *, ahead: float = 0.0) -> list[tuple[Any, datetime]]:
 
 
 # --- claiming and the lease -----------------------------------------------------------
-def claim(run_id: Any, token: str) -> WorkflowRun | None:
+def claim(run_id: Any, token: str, *, shaped: bool = False) -> WorkflowRun | None:
     """Take the run if it may run now; return it, or ``None`` if it is not ours to run.
 
     A run that flow control may hold back (a concurrency group, a first start under a
     throttle) is claimed in a transaction that takes its groups' locks and asks
     :mod:`workflows.slots`; one that may not start is put back in line there.
+    ``shaped``: the caller knows the run is such a run (it was handed a concurrency
+    slot), so the claim asks about flow control first; a wrong hint costs one statement.
     """
     now = timezone.now()
     lease = _lease_until(now)
-    if connection.vendor == "postgresql":
-        run = runstore_pg.claim(run_id, token, now, lease)
+    if shaped:
+        found = _shaped(run_id, now)
+        if found is not None:
+            run = _claim_shaped(found, token, now, lease)
+        else:
+            run = _claim_free(run_id, token, now, lease)
     else:
-        run = _claim_portable(run_id, token, now, lease, models.unshaped(now))
-    if run is None:
-        # Not runnable (a late or repeated message), or held back by flow control.
-        shaped = (
-            WorkflowRun.objects.filter(Q(pk=run_id) & models.runnable(now))
-            .exclude(models.unshaped(now))
-            .values("id", *slots.FIELDS)
-            .first()
-        )
-        run = None if shaped is None else _claim_shaped(shaped, token, now, lease)
+        run = _claim_free(run_id, token, now, lease)
+        if run is None:
+            # Not runnable (a late or repeated message), or held back by flow control.
+            found = _shaped(run_id, now)
+            run = None if found is None else _claim_shaped(found, token, now, lease)
     if run is not None:
         _hold(token)
         if run.slot_1:
@@ -135,6 +136,25 @@ def claim(run_id: Any, token: str) -> WorkflowRun | None:
                 _groups.clear()
             _groups[token] = (run.slot_1, run.slot_2)
     return run
+
+
+def _claim_free(run_id: Any, token: str, now: datetime, lease: datetime) -> WorkflowRun | None:
+    """Claim the run if it is runnable and no flow control may hold it back."""
+    if connection.vendor == "postgresql":
+        return runstore_pg.claim(run_id, token, now, lease)
+    return _claim_portable(run_id, token, now, lease, models.unshaped(now))
+
+
+def _shaped(run_id: Any, now: datetime) -> dict[str, Any] | None:
+    """What flow control asks of the run, if it is runnable and may be held back."""
+    if connection.vendor == "postgresql":
+        return runstore_pg.shaped(run_id, now, ("id", *slots.FIELDS))
+    return (
+        WorkflowRun.objects.filter(Q(pk=run_id) & models.runnable(now))
+        .exclude(models.unshaped(now))
+        .values("id", *slots.FIELDS)
+        .first()
+    )
 
 
 def _claim_shaped(

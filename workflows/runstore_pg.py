@@ -213,6 +213,84 @@ def claim_admitted(
     return None if row is None else _loaded(row, load_run, load_event, load_workspace)
 
 
+_shaped_sql: dict[tuple[str, ...], tuple[str, dict[str, Any]]] = {}
+
+
+def shaped(run_id: Any, now: datetime, fields: tuple[str, ...]) -> dict[str, Any] | None:
+    """``fields`` of the run if it is runnable and flow control may hold it back (the
+    question the claim asks when ``"free"`` did not claim it); else ``None``.
+
+    One statement compiled once per process from the same conditions as the claim,
+    instead of an ORM query compiled for every run a concurrency slot was handed to.
+    """
+    if fields not in _shaped_sql:
+        runs = WorkflowRun._meta.db_table
+        condition, constants = _compiled_condition(
+            lambda now: models.runnable(now) & ~models.unshaped(now)
+        )
+        columns = ", ".join(f'"{runs}"."{WorkflowRun._meta.get_field(f).column}"' for f in fields)
+        sql = f'SELECT {columns} FROM "{runs}" WHERE "{runs}"."id" = %(id)s AND ({condition})'
+        _shaped_sql[fields] = (sql, constants)
+    sql, constants = _shaped_sql[fields]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, {**constants, "id": run_id, "now": now})
+        row = cursor.fetchone()
+    return None if row is None else dict(zip(fields, row, strict=True))
+
+
+_hand_over_sql: tuple[str, dict[str, Any]] | None = None
+
+
+def hand_over(
+    group: str, lock_key: int, prefix: str, now: datetime, due: datetime, skip: Any, after: Any
+) -> Any:
+    """Take the group's lock, then hand its free slot to the next run in line (queued,
+    ``held_by`` starting with ``prefix``, ``slot_1`` = ``group``, by ``order_at``; not
+    ``skip``, not before ``after``): clear its ``held_by`` and set its ``due_at``. Return
+    its id, or ``None`` if none waits. One round trip: the lock, then the statement that
+    reads the line, whose snapshot is taken after the lock (as
+    :func:`workflows.slots.hand_over` requires).
+    """
+    global _hand_over_sql
+    if _hand_over_sql is None:
+        runs = WorkflowRun._meta.db_table
+        not_paused, constants = _compiled_condition(lambda now: models.not_paused())
+        sql = f"""SELECT pg_advisory_xact_lock(%(key)s);
+        WITH head AS (
+            SELECT "{runs}"."id" FROM "{runs}"
+            WHERE "{runs}"."slot_1" = %(group)s AND "{runs}"."status" = '{RunStatus.QUEUED}'
+                AND "{runs}"."held_by" LIKE %(prefix)s
+                AND ("{runs}"."wake_at" IS NULL OR "{runs}"."wake_at" <= %(now)s)
+                AND ({not_paused})
+                AND (%(skip)s::uuid IS NULL OR "{runs}"."id" <> %(skip)s::uuid)
+                AND (%(after)s::timestamptz IS NULL OR "{runs}"."order_at" >= %(after)s)
+            ORDER BY "{runs}"."order_at", "{runs}"."id"
+            LIMIT 1
+            FOR UPDATE OF "{runs}" SKIP LOCKED
+        )
+        UPDATE "{runs}" SET "due_at" = %(due)s, "held_by" = ''
+        FROM head WHERE "{runs}"."id" = head."id"
+        RETURNING "{runs}"."id"
+        """
+        _hand_over_sql = (sql, constants)
+    sql, constants = _hand_over_sql
+    params = {
+        **constants,
+        **{"key": lock_key, "group": group, "prefix": _like_prefix(prefix)},
+        **{"now": now, "due": due, "skip": skip, "after": after},
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        past_relaxed(cursor)
+        row = cursor.fetchone()
+    return None if row is None else row[0]
+
+
+def _like_prefix(prefix: str) -> str:
+    """A ``LIKE`` pattern of the strings that start with ``prefix``."""
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
 def _loaded(row: tuple, load_run: Any, load_event: Any, load_workspace: Any) -> WorkflowRun:
     """The claimed run from a claim's row: run, event, workspace, first start."""
     n_run = len(WorkflowRun._meta.concrete_fields)

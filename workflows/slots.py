@@ -167,6 +167,14 @@ def _hand_over(
     locks = connection.features.has_select_for_update_skip_locked
     chosen: list[Any] = [] if skip is None else [skip]
     named = list(dict.fromkeys(g for g in groups if g))
+    due = now + timedelta(seconds=conf.get().RING_TIMEOUT_SECONDS)
+    if connection.vendor == "postgresql" and len(named) == 1 and _columns(named[0]) == ("slot_1",):
+        # The common case (one limit, kept in slot_1): lock, pick and update, one trip.
+        head = runstore_pg.hand_over(named[0], _lock_key(named[0]), FOR_SLOT, now, due, skip, after)
+        if head is None:
+            return []
+        doorbell.ring_on_commit([head], handed=True)
+        return [head]
     # In turn with the claims of these groups: a claim that counted this run as running
     # and is putting its run back in line commits first, so that run is seen here.
     lock(named)
@@ -189,11 +197,10 @@ def _hand_over(
             chosen.append(best[0])
     chosen = [run_id for run_id in chosen if run_id != skip]
     if chosen:
-        due = now + timedelta(seconds=conf.get().RING_TIMEOUT_SECONDS)
         WorkflowRun.objects.filter(pk__in=chosen, status=RunStatus.QUEUED).update(
             due_at=due, held_by=""
         )
-        doorbell.ring_on_commit(chosen)
+        doorbell.ring_on_commit(chosen, handed=True)
     return chosen
 
 

@@ -68,9 +68,17 @@ def test_a_worker_traces_runs_across_sleeps_and_workers_in_the_senders_trace(sta
     flow = WorkflowRun.objects.get(workflow_id="obs-flow")
 
     def spans():
+        # A run's span ends (and is written) just after the run is stored as completed:
+        # wait for the last execution of obs-flow's span, not only for the three runs.
         found = _lines(spans_file)
         runs = [s for s in found if s["name"] == "workflows.run"]
-        return found if len({s["attributes"]["workflows.workflow_id"] for s in runs}) == 3 else []
+        ended = any(
+            s["attributes"]["workflows.workflow_id"] == "obs-flow"
+            and s["attributes"].get("workflows.outcome") == "completed"
+            for s in runs
+        )
+        three = len({s["attributes"]["workflows.workflow_id"] for s in runs}) == 3
+        return found if three and ended else []
 
     found = wait_until(spans, timeout=30, what="the spans of the three runs")
     assert all(span["pid"] != os.getpid() for span in found)  # made by the workers

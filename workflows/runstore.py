@@ -163,22 +163,41 @@ def _claim_shaped(
     """Claim a runnable run that flow control may hold back, or put it back in line."""
     run_id = shaped["id"]
     postgres = connection.vendor == "postgresql"
+    limits = slots.limits_of(shaped["workflow_id"], (shaped["slot_1"], shaped["slot_2"]))
+    if postgres and not connection.in_atomic_block and not _throttle_asked(shaped):
+        # The usual case, a run rung because its groups have room: the locks and the
+        # claim are one message, which PostgreSQL runs as one transaction of its own (no
+        # BEGIN and COMMIT round trips). If a group is full, ask again below, in a
+        # transaction that can put the run back in line.
+        keys = slots.lock_keys(group for group, _ in limits)
+        run = runstore_pg.claim_admitted(run_id, token, now, lease, limits, keys)
+        if run is not None:
+            return run
     with transaction.atomic():
         held = slots.throttled(run_id, shaped, now, relax=postgres)
         if held is None:
-            limits = slots.limits_of(shaped["workflow_id"], (shaped["slot_1"], shaped["slot_2"]))
-            slots.lock([group for group, _ in limits], relax=postgres)
+            groups = [group for group, _ in limits]
             if postgres:
-                # The count of each group and the claim in one statement, under the locks.
-                run = runstore_pg.claim_admitted(run_id, token, now, lease, limits)
+                # The groups' locks, then the count of each group and the claim in one
+                # statement (its snapshot taken under the locks), in one round trip.
+                run = runstore_pg.claim_admitted(
+                    run_id, token, now, lease, limits, slots.lock_keys(groups)
+                )
                 if run is not None:
                     return run
+            else:
+                slots.lock(groups)
             held = slots.full(run_id, limits, now)
             if held is None:
                 # Room everywhere: on PostgreSQL the run was no longer runnable.
                 return None if postgres else _claim_portable(run_id, token, now, lease, Q())
         slots.hold(run_id, shaped, held, now)
         return None
+
+
+def _throttle_asked(shaped: dict[str, Any]) -> bool:
+    """Whether the claim of this run asks a throttle (its first start, under one)."""
+    return bool(shaped["throttle_key"]) and shaped["started_at"] is None
 
 
 def _claim_portable(

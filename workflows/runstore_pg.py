@@ -195,20 +195,31 @@ def claim(run_id: Any, token: str, now: datetime, lease: datetime) -> WorkflowRu
 
 
 def claim_admitted(
-    run_id: Any, token: str, now: datetime, lease: datetime, limits: list[tuple[str, int]]
+    run_id: Any,
+    token: str,
+    now: datetime,
+    lease: datetime,
+    limits: list[tuple[str, int]],
+    lock_keys: list[int],
 ) -> WorkflowRun | None:
-    """Inside the transaction that holds the groups' locks: claim a run in concurrency
-    groups if each of ``limits`` (group, limit) has room; ``None`` if not (or if the
-    run is not runnable)."""
+    """In a transaction: take the advisory locks ``lock_keys`` (the groups'), then claim
+    a run in concurrency groups if each of ``limits`` (group, limit) has room; ``None``
+    if not (or if the run is not runnable), the locks still held. The transaction
+    commits without waiting for the disk (``RELAXED``). One round trip: the lock
+    statement, then the claim, whose snapshot is taken after the locks."""
     sql, constants, load_run, load_event, load_workspace = _claim_statement("admitted")
     (g1, l1), (g2, l2) = (list(limits) + [("", 0), ("", 0)])[:2]
+    locks = ", ".join(f"pg_advisory_xact_lock(%(k{n})s)" for n in range(len(lock_keys)))
     params = {
         **constants,
         **{"id": run_id, "token": token, "now": now, "lease": lease},
         **{"g1": g1, "l1": l1, "g2": g2, "l2": l2},
+        **{f"k{n}": key for n, key in enumerate(lock_keys)},
     }
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(f"{RELAXED}SELECT {locks or 1}; {sql}", params)
+        past_relaxed(cursor)  # past the SET LOCAL
+        past_relaxed(cursor)  # past the locks
         row = cursor.fetchone()
     return None if row is None else _loaded(row, load_run, load_event, load_workspace)
 

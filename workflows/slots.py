@@ -261,13 +261,18 @@ def lock(groups: Iterable[str], *, relax: bool = False) -> None:
     with ``relax``, let the transaction commit without waiting for the disk too."""
     if connection.vendor != "postgresql":
         return  # SQLite: one writing transaction at a time already orders claims
-    keys = sorted({_lock_key(group) for group in groups})
+    keys = lock_keys(groups)
     if not keys and not relax:
         return
     locks = ", ".join(["pg_advisory_xact_lock(%s)"] * len(keys)) or "1"
     prefix = runstore_pg.RELAXED if relax else ""
     with connection.cursor() as cursor:
         cursor.execute(f"{prefix}SELECT {locks}", keys)
+
+
+def lock_keys(groups: Iterable[str]) -> list[int]:
+    """The advisory lock keys of ``groups``, in the one order every locker takes them."""
+    return sorted({_lock_key(group) for group in groups})
 
 
 def _lock_key(group: str) -> int:

@@ -15,7 +15,13 @@ of ``--reps`` requests after one warm-up), and one dispatcher pass
 ``purge_runs --older-than 0`` over all of them: its progress, peak memory (RSS growth of
 this process and tracemalloc's peak of Python allocations), duration, and the longest
 dispatcher pass measured beside it on another connection (purging must not block the
-workers). The figures go to ``bench/results/scale.json``.
+workers), and the latency of ``eventbus.send`` beside it in a third process: every
+0.2 s an event that starts a ``bench-latency`` run (an event and a run INSERTed while
+the purge deletes), median, p99 and max, against ``--idle-sends`` (default 50) of the
+same sends on the filled tables before the purge starts. No worker runs: each send's
+message stays on the broker queue (``BENCH_REDIS_URL``; give it a db of its own and
+flush it afterwards), and its queued run stays in the table (not purgeable). The figures
+go to ``bench/results/scale.json`` (``--out``).
 """
 
 import argparse
@@ -248,6 +254,73 @@ print(json.dumps(samples))
 """
 
 
+#: Timed ``eventbus.send`` calls, in a process of their own too: after a warm-up (its
+#: connections to the database and the broker; ``argv[2]`` sends), one every 0.2 s,
+#: ``argv[1]`` of them or, with 0, until its stdin closes. Each event starts a run (no
+#: worker takes it).
+SENDER = """
+import json, os, sys, threading, time
+import django
+django.setup()
+import eventbus
+count = int(sys.argv[1])
+def send(tag):
+    t0 = time.perf_counter()
+    eventbus.send("bench/latency", {"channel": f"scale-send-{os.getpid()}-{tag}"})
+    return (time.perf_counter() - t0) * 1000
+for i in range(int(sys.argv[2])):
+    send(f"warm-{i}")
+print("ready", flush=True)
+stop = threading.Event()
+if not count:
+    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+samples = []
+while not stop.wait(0.2) and (not count or len(samples) < count):
+    samples.append(send(len(samples)))
+print(json.dumps(samples), flush=True)
+"""
+#: Sends of the warm-up of each sender process (not timed; their runs stay too).
+SENDER_WARMUP = 5
+
+
+class _Sender:
+    """Timed sends on a connection (and in a process) of their own."""
+
+    def start(self, count: int = 0) -> None:
+        """Start sending (``count`` sends, or until :meth:`stop` with 0) once warm."""
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", SENDER, str(count), str(SENDER_WARMUP)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=os.environ.copy(),
+            cwd=str(config.ROOT),
+            text=True,
+        )
+        line = self.proc.stdout.readline()
+        if line.strip() != "ready":
+            self.proc.kill()
+            raise SystemExit(f"the sender did not start: {line!r}")
+
+    def stop(self) -> list[float]:
+        """Stop (or, with a count, wait for the last send); the milliseconds per send."""
+        self.proc.stdin.close()
+        out = self.proc.stdout.read()
+        self.proc.wait(timeout=60)
+        return json.loads(out.strip().splitlines()[-1]) if out.strip() else []
+
+
+def _stats(samples: list[float]) -> dict:
+    """Count, median, p99 and max of ``samples`` (milliseconds)."""
+    return {
+        "passes": len(samples),
+        "median": statistics.median(samples) if samples else None,
+        "p99": statistics.quantiles(samples, n=100, method="inclusive")[-1]
+        if len(samples) > 1
+        else None,
+        "max": max(samples) if samples else None,
+    }
+
+
 class _Ticker:
     """Dispatcher passes on a connection (and in a process) of their own."""
 
@@ -286,18 +359,25 @@ class _Progress(io.TextIOBase):
         return len(text)
 
 
-def purge(batch_size: int) -> dict:
-    """``purge_runs --older-than 0`` over every run, measured."""
+def purge(batch_size: int, idle_sends: int = 50) -> dict:
+    """``purge_runs --older-than 0`` over every run, measured (``idle_sends`` before)."""
     from django.core.management import call_command
 
     from eventbus.models import Event
     from workflows.models import StepResult, WorkflowRun
 
     runs_before = WorkflowRun.objects.count()
-    rss, ticker = _Rss(), _Ticker()
+    idle: list[float] = []
+    if idle_sends:
+        log(f"  {idle_sends} timed sends on the filled tables (idle)")
+        baseline = _Sender()
+        baseline.start(idle_sends)
+        idle = baseline.stop()
+    rss, ticker, sender = _Rss(), _Ticker(), _Sender()
     progress = _Progress(every=max(1, runs_before // batch_size // 20))
     rss.start()
     ticker.start()
+    sender.start()
     tracemalloc.start()
     t0 = time.perf_counter()
     call_command(
@@ -307,6 +387,7 @@ def purge(batch_size: int) -> dict:
     _, traced_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     samples = ticker.stop()
+    sends = sender.stop()
     rss.done.set()
     rss.join()
     return {
@@ -320,6 +401,8 @@ def purge(batch_size: int) -> dict:
         "rss_growth_mb": (rss.peak - rss.base) / 2**20,
         "tracemalloc_peak_mb": traced_peak / 2**20,
         "runs_left": WorkflowRun.objects.count(),
+        "finished_runs_left": WorkflowRun.objects.finished().count(),
+        "runs_sent": len(idle) + len(sends) + SENDER_WARMUP * (2 if idle_sends else 1),
         "steps_left": StepResult.objects.count(),
         "events_kept": Event.objects.count(),
         "tick_during_purge_ms": {
@@ -327,6 +410,8 @@ def purge(batch_size: int) -> dict:
             "median": statistics.median(samples) if samples else None,
             "max": max(samples) if samples else None,
         },
+        "send_idle_ms": _stats(idle),
+        "send_during_purge_ms": _stats(sends),
     }
 
 
@@ -364,6 +449,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=7, help="requests per page (median)")
     parser.add_argument("--batch-size", type=int, default=1000, help="purge_runs batch size")
     parser.add_argument("--no-purge", action="store_true", help="skip the purge")
+    parser.add_argument(
+        "--idle-sends", type=int, default=50, help="timed sends before the purge (baseline)"
+    )
     parser.add_argument("--out", default=str(config.RESULTS_DIR / "scale.json"))
     args = parser.parse_args()
 
@@ -397,15 +485,25 @@ def main() -> None:
     result["ratios_to_one_page"] = {k: full[k] / page[k] for k in timed if page[k]}
     if not args.no_purge:
         log(f"purge_runs --older-than 0 --batch-size {args.batch_size}")
-        result["purge"] = figures = purge(args.batch_size)
+        result["purge"] = figures = purge(args.batch_size, args.idle_sends)
         tick = figures["tick_during_purge_ms"]
+        sent, idle = figures["send_during_purge_ms"], figures["send_idle_ms"]
         print(
             f"purge: {figures['runs']:,} runs in {figures['seconds']:.1f} s "
             f"({figures['runs_per_second']:.0f} runs/s), {figures['progress_lines']} progress "
             f"lines, RSS growth {figures['rss_growth_mb']:.1f} MB, tracemalloc peak "
-            f"{figures['tracemalloc_peak_mb']:.1f} MB; left: {figures['runs_left']} runs, "
+            f"{figures['tracemalloc_peak_mb']:.1f} MB; left: {figures['runs_left']} runs "
+            f"({figures['finished_runs_left']} finished; the rest queued by the timed sends), "
             f"{figures['steps_left']} steps; dispatcher pass beside it: median "
             f"{tick['median'] or 0:.1f} ms, max {tick['max'] or 0:.1f} ms over {tick['passes']}",
+            flush=True,
+        )
+        print(
+            f"send during purge (an event and a run each): median {sent['median'] or 0:.1f}, "
+            f"p99 {sent['p99'] or 0:.1f}, max {sent['max'] or 0:.1f} ms over "
+            f"{sent['passes']} sends, against median {idle['median'] or 0:.1f}, p99 "
+            f"{idle['p99'] or 0:.1f}, max {idle['max'] or 0:.1f} ms idle "
+            f"({idle['passes']} sends on the filled tables before it)",
             flush=True,
         )
     os.makedirs(os.path.dirname(args.out), exist_ok=True)

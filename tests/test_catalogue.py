@@ -1614,6 +1614,16 @@ def test_system_check_refuses_server_side_binding_on_postgresql(monkeypatch):
     assert "DATABASES['other']['OPTIONS']['server_side_binding'] is True" in message.msg
 
 
+@pytest.mark.parametrize("value", ["yes", 1, 0.0])
+def test_system_check_refuses_prepared_statements_other_than_none_true_or_false(value, settings):
+    from workflows import checks
+
+    settings.WORKFLOWS = {**getattr(settings, "WORKFLOWS", {}), "PREPARED_STATEMENTS": value}
+    (message,) = [m for m in checks.check_settings() if m.id == "workflows.E005"]
+    assert f"WORKFLOWS['PREPARED_STATEMENTS'] is {value!r}" in message.msg
+    assert "None" in message.msg and "True or False" in message.msg
+
+
 @pytest.mark.parametrize(
     ("horizon", "interval", "expected"),
     [(0.5, 0.25, ["workflows.W004"]), (1.0, 0.5, ["workflows.W004"]), (10, 0.25, [])],

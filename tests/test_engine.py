@@ -86,6 +86,9 @@ def test_memos_load_in_one_query_and_each_new_step_costs_one_transaction():
     # A transactional database, as a worker has: no test transaction around the run, so
     # PostgreSQL takes its single-statement fast paths (claim, fenced memo insert) and
     # each transaction the engine opens really commits.
+    # The first step on a connection prepares the memo's statement (PostgreSQL): one
+    # more server transaction, once.
+    cost_of_a_run(1)
     small, large = cost_of_a_run(10), cost_of_a_run(20)
     for cost in (small, large):
         # A fresh run: PostgreSQL's claim says it never started, so it has no memo to

@@ -20,7 +20,7 @@ from django.db import connection
 
 import eventbus
 from tests import admin_workflows
-from workflows import services, testing
+from workflows import runstore_pg, services, testing
 
 pytestmark = [
     pytest.mark.skipif(
@@ -99,6 +99,39 @@ def test_statements_repeated_past_the_prepare_threshold_on_changing_sessions():
     testing.drain(skip_time=True)
     run = services.select_runs(workflow="adm-many").get()
     assert run.status == "completed" and run.output == {"total": sum(range(30))}
+
+
+def test_the_engine_prepares_nothing_behind_the_bouncer(monkeypatch):
+    """``DISABLE_SERVER_SIDE_CURSORS`` tells the engine a pooler is in front: the memo
+    insert, which it prepares elsewhere, is sent unprepared, on any session."""
+    monkeypatch.setattr(runstore_pg, "_missing", [])
+    eventbus.send("adm/many", {"count": 8})
+    with other_client():  # the steps run on a session other than the send's
+        testing.drain(skip_time=True)
+    run = services.select_runs(workflow="adm-many").get()
+    assert run.status == "completed" and run.steps.count() == 8
+    assert runstore_pg._missing == []  # no statement was missing: none was prepared
+
+
+def test_a_prepared_statement_missing_on_the_next_session_costs_a_retry(
+    settings, monkeypatch, caplog
+):
+    """Told to prepare (as for PgBouncer 1.21 with ``max_prepared_statements``) behind
+    one that cannot keep prepared statements (Debian's 1.18): the statement prepared on
+    one session is missing on the next. The step's insert runs again unprepared, the
+    run completes, and the process prepares no more."""
+    monkeypatch.setattr(runstore_pg, "_missing", [])
+    settings.WORKFLOWS = {**getattr(settings, "WORKFLOWS", {}), "PREPARED_STATEMENTS": True}
+    eventbus.send("adm/many", {"count": 2})
+    testing.drain(skip_time=True)  # prepares the memo insert on the session it ran on
+    eventbus.send("adm/many", {"count": 3})
+    with other_client(), caplog.at_level("WARNING", logger="workflows.runstore_pg"):
+        testing.drain(skip_time=True)  # on another session, where it was never prepared
+    first, second = services.select_runs(workflow="adm-many").order_by("created_at")
+    assert first.status == second.status == "completed"
+    assert (first.steps.count(), second.steps.count()) == (2, 3)
+    assert len(runstore_pg._missing) == 1 and "does not exist" in runstore_pg._missing[0]
+    assert any("prepares no more" in r.getMessage() for r in caplog.records)
 
 
 def test_bulk_replay_reads_its_ids_with_no_cursor_across_transactions():

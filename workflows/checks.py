@@ -36,6 +36,15 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 id="workflows.E003",
             )
         )
+    if not (cfg.PREPARED_STATEMENTS is None or isinstance(cfg.PREPARED_STATEMENTS, bool)):
+        messages.append(
+            checks.Error(
+                f"WORKFLOWS['PREPARED_STATEMENTS'] is {cfg.PREPARED_STATEMENTS!r}; it must be "
+                "None (prepare unless DISABLE_SERVER_SIDE_CURSORS says a pooler is in "
+                "front of PostgreSQL), True or False",
+                id="workflows.E005",
+            )
+        )
     for alias, database in settings.DATABASES.items():
         options = database.get("OPTIONS") or {}
         if "postgresql" in database.get("ENGINE", "") and options.get("server_side_binding"):

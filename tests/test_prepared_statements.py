@@ -1,0 +1,95 @@
+"""PostgreSQL: the statement that writes a step's memo is prepared once per connection.
+
+Prepared, PostgreSQL plans it once per connection instead of at every step (a third of
+a step's time); behind a pooler in transaction mode nothing is prepared, and a prepared
+statement that goes missing under the engine costs one retry, never a run.
+"""
+
+import logging
+
+import pytest
+from django.db import connection
+
+from tests.conftest import start_run as start
+from workflows import engine, runstore_pg
+from workflows.models import RunStatus
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),  # as a worker: the fast path, no test transaction
+    pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL prepares"),
+]
+
+MEMO_INSERT = 'INSERT INTO "workflows_stepresult"%'
+
+
+@pytest.fixture(autouse=True)
+def nothing_prepared_yet(monkeypatch):
+    """Each test starts with no prepared statement on its connection, preparing allowed."""
+    monkeypatch.setattr(runstore_pg, "_missing", [])
+    with connection.cursor() as cursor:
+        cursor.execute("DEALLOCATE ALL")  # psycopg sees it and forgets what it prepared
+
+
+def run_of(steps: int) -> None:
+    run = start("test/loop", {"n": steps})
+    assert engine.execute(run.pk) == RunStatus.COMPLETED
+
+
+def prepared_memo_inserts() -> list[tuple[int, int]]:
+    """(plans, executions) of each prepared memo insert on this connection."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT generic_plans + custom_plans FROM pg_prepared_statements "
+            "WHERE statement LIKE %s",
+            [MEMO_INSERT],
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
+def test_the_memo_insert_is_prepared_once_and_executed_by_name_at_every_step():
+    run_of(3)
+    run_of(4)
+    # One statement, prepared once, executed at each of the 7 steps. PostgreSQL plans a
+    # prepared statement anew its first five times, then keeps one generic plan.
+    assert prepared_memo_inserts() == [7]
+
+
+@pytest.mark.parametrize("how", ["told not to", "behind a pooler"])
+def test_nothing_is_prepared_when_told_not_to_or_when_django_is_set_for_a_pooler(
+    how, settings, monkeypatch
+):
+    if how == "told not to":
+        settings.WORKFLOWS = {**getattr(settings, "WORKFLOWS", {}), "PREPARED_STATEMENTS": False}
+    else:
+        # What Django asks of a project behind PgBouncer in transaction mode.
+        monkeypatch.setitem(connection.settings_dict, "DISABLE_SERVER_SIDE_CURSORS", True)
+    run_of(3)
+    assert prepared_memo_inserts() == []
+
+
+def test_told_to_prepare_it_prepares_even_when_django_is_set_for_a_pooler(settings, monkeypatch):
+    # PgBouncer 1.21 and later keep protocol-level prepared statements across sessions.
+    settings.WORKFLOWS = {**getattr(settings, "WORKFLOWS", {}), "PREPARED_STATEMENTS": True}
+    monkeypatch.setitem(connection.settings_dict, "DISABLE_SERVER_SIDE_CURSORS", True)
+    run_of(2)
+    assert prepared_memo_inserts() == [2]
+
+
+def test_a_prepared_statement_lost_under_the_engine_costs_a_retry_and_ends_preparing(caplog):
+    run_of(1)
+    assert prepared_memo_inserts() == [1]
+    # What a pooler in transaction mode does: the next statement lands on a server
+    # session that never saw it prepared. Dropped behind psycopg's back, so psycopg
+    # still believes it is there and executes it by name.
+    connection.connection.pgconn.exec_(b"DEALLOCATE ALL")
+    with caplog.at_level(logging.WARNING, logger="workflows.runstore_pg"):
+        run = start("test/loop", {"n": 3})
+        assert engine.execute(run.pk) == RunStatus.COMPLETED
+    run.refresh_from_db()
+    assert run.steps.count() == 3 and run.output == {"total": 3}
+    (warning,) = [r for r in caplog.records if r.name == "workflows.runstore_pg"]
+    assert "DISABLE_SERVER_SIDE_CURSORS" in warning.getMessage()
+    assert "PREPARED_STATEMENTS" in warning.getMessage()
+    # The process prepares no more: the retry and the later steps ran unprepared.
+    run_of(2)
+    assert prepared_memo_inserts() == []

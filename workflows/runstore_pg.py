@@ -39,8 +39,9 @@ def relax() -> None:
         cursor.execute(RELAXED.rstrip("; "))
 
 
-def past_relaxed(cursor: Any) -> None:
-    """Move to the result of the statement after ``RELAXED`` (psycopg 2 is there)."""
+def next_result(cursor: Any) -> None:
+    """Move to the result of the next statement of a message of several (after
+    ``RELAXED``, after a lock); psycopg 2 shows only the last one, so it is there."""
     from django.db.backends.postgresql.psycopg_any import is_psycopg3  # PostgreSQL only
 
     if is_psycopg3:
@@ -330,8 +331,8 @@ def claim_admitted(
     }
     with connection.cursor() as cursor:
         cursor.execute(f"{RELAXED}SELECT {locks or 1}; {sql}", params)
-        past_relaxed(cursor)  # past the SET LOCAL
-        past_relaxed(cursor)  # past the locks
+        next_result(cursor)  # past the SET LOCAL
+        next_result(cursor)  # past the locks
         row = cursor.fetchone()
     return None if row is None else _loaded(row, load_run, load_event, load_workspace)
 
@@ -404,7 +405,7 @@ def hand_over(
     }
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        past_relaxed(cursor)
+        next_result(cursor)
         row = cursor.fetchone()
     return None if row is None else row[0]
 
@@ -478,5 +479,20 @@ def finish(run_id: Any, token: str, status: str, output: Any, error: Any, now: d
                 token,
             ],
         )
-        past_relaxed(cursor)
+        next_result(cursor)
         return cursor.rowcount == 1
+
+
+def waited_for(lock_key: int, workspace_id: Any, name: str) -> bool:
+    """Take the shared advisory lock ``lock_key`` (an emitter's, see
+    :mod:`workflows.waits`), then: is any wait for event ``name`` in the workspace
+    recorded? One round trip of two statements: the second takes its snapshot after the
+    lock is granted, so it sees every wait recorded under the exclusive lock before."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_advisory_xact_lock_shared(%s); SELECT EXISTS (SELECT 1 FROM "
+            f'"{models.Wait._meta.db_table}" WHERE workspace_id = %s AND event_name = %s)',
+            [lock_key, workspace_id, name],
+        )
+        next_result(cursor)  # past the lock
+        return cursor.fetchone()[0]

@@ -27,7 +27,7 @@ from django.db import connection
 from django.utils import timezone
 
 from eventbus.models import Event, EventStatus
-from workflows import doorbell, matching, runstore
+from workflows import doorbell, matching, runstore, runstore_pg
 from workflows.exceptions import error_record
 from workflows.models import (
     RunStatus,
@@ -43,15 +43,25 @@ from workflows.payloads import event_dict
 logger = logging.getLogger("workflows.waits")
 
 
+def _lock_key(*parts: Any) -> int:
+    text = "\x00".join(str(part) for part in ("workflows-wait", *parts))
+    return int.from_bytes(hashlib.sha1(text.encode()).digest()[:8], "big", signed=True)
+
+
 def _lock(*parts: Any, shared: bool = False) -> None:
     if connection.vendor != "postgresql":
         return  # SQLite: one writing transaction at a time already orders them
-    text = "\x00".join(str(part) for part in ("workflows-wait", *parts))
-    digest = hashlib.sha1(text.encode()).digest()
-    key = int.from_bytes(digest[:8], "big", signed=True)
     function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {function}(%s)", [key])
+        cursor.execute(f"SELECT {function}(%s)", [_lock_key(*parts)])
+
+
+def _waited_for(workspace_id: Any, name: str) -> bool:
+    """As an emitter of ``name``: take the emitters' shared lock, then say whether any
+    wait for ``name`` exists (one round trip on PostgreSQL)."""
+    if connection.vendor != "postgresql":
+        return Wait.objects.filter(workspace_id=workspace_id, event_name=name).exists()
+    return runstore_pg.waited_for(_lock_key(workspace_id, name), workspace_id, name)
 
 
 def lock_for_wait(workspace_id: Any, name: str) -> None:
@@ -207,10 +217,9 @@ def arrivals(events: list[Event]) -> Iterator[tuple[Wait, Event, dict[str, Any]]
     for event in events:
         groups[(event.workspace_id, event.name)].append(event)
     for workspace_id, name in sorted(groups, key=lambda key: (str(key[0]), key[1])):
-        _lock(workspace_id, name, shared=True)
-        waiting = Wait.objects.filter(workspace_id=workspace_id, event_name=name)
-        if not waiting.exists():
+        if not _waited_for(workspace_id, name):
             continue
+        waiting = Wait.objects.filter(workspace_id=workspace_id, event_name=name)
         batch = groups[(workspace_id, name)]
         paths = list(
             WaitPath.objects.filter(workspace_id=workspace_id, event_name=name).values_list(

@@ -11,11 +11,19 @@ from workflows import workflow
 
 
 def hold(ctx, label: str, seconds: float) -> dict:
-    """A step body: stay busy ``seconds``, then record the span in its own transaction."""
+    """A step body: stay busy ``seconds``, then record the span in its own transaction.
+
+    With ``tag_task`` in the event's data, the label ends with ``:`` and the id of the
+    Celery task executing the run (which tells a run handed on in-process from one rung).
+    """
+    from celery import current_task
+
     from tests.testapp.models import Span
 
     started = time.time()
     time.sleep(seconds)
+    if ctx.event.data.get("tag_task"):
+        label = f"{label}:{current_task.request.id}"
     Span.record(ctx.run_id, label, started)
     return {"started": started}
 

@@ -54,4 +54,7 @@ if os.environ.get("WORKFLOWS_TEST_NO_DISPATCHER"):
 if os.environ.get("WORKFLOWS_TEST_RING_BATCH_SIZE"):
     # A worker whose tasks execute fewer runs each (1: a message per run).
     WORKFLOWS["RING_BATCH_SIZE"] = int(os.environ["WORKFLOWS_TEST_RING_BATCH_SIZE"])
+if os.environ.get("WORKFLOWS_TEST_HAND_ON_SECONDS"):
+    # How long a task of this worker executes runs handed a slot before ringing them.
+    WORKFLOWS["HAND_ON_SECONDS"] = float(os.environ["WORKFLOWS_TEST_HAND_ON_SECONDS"])
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

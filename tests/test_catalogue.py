@@ -1614,6 +1614,22 @@ def test_system_check_refuses_server_side_binding_on_postgresql(monkeypatch):
     assert "DATABASES['other']['OPTIONS']['server_side_binding'] is True" in message.msg
 
 
+@pytest.mark.parametrize("value", [-0.1, "1", True, float("nan")])
+def test_system_check_refuses_a_hand_on_budget_that_is_not_a_number_of_0_or_more(value, settings):
+    from workflows import checks
+
+    settings.WORKFLOWS = {**getattr(settings, "WORKFLOWS", {}), "HAND_ON_SECONDS": value}
+    (message,) = [m for m in checks.check_settings() if m.id == "workflows.E006"]
+    assert f"WORKFLOWS['HAND_ON_SECONDS'] is {value!r}; it must be 0 or more" in message.msg
+
+
+def test_system_check_takes_a_hand_on_budget_of_0(settings):
+    from workflows import checks
+
+    settings.WORKFLOWS = {**getattr(settings, "WORKFLOWS", {}), "HAND_ON_SECONDS": 0}
+    assert not [m for m in checks.check_settings() if m.id == "workflows.E006"]
+
+
 @pytest.mark.parametrize("value", ["yes", 1, 0.0])
 def test_system_check_refuses_prepared_statements_other_than_none_true_or_false(value, settings):
     from workflows import checks

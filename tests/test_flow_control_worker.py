@@ -4,6 +4,8 @@ Every execution of a step body is recorded as a span (start and end time); the l
 checked by counting the spans open at one moment, across every worker process.
 """
 
+from collections import Counter
+
 import pytest
 
 import eventbus
@@ -55,9 +57,26 @@ def test_a_limit_holds_across_workers_and_each_freed_slot_is_handed_on(start_wor
 def test_the_process_that_frees_a_slot_starts_the_next_run_in_line_itself(start_worker):
     # The task that executed the run freeing the slot executes the run handed it, with
     # no message: the line moves on in one process (a message each would go to
-    # whichever pool process is free, and the one still ending its run is not).
-    start_worker(concurrency=2, env=RUNG_ONLY)
+    # whichever pool process is free, and the one still ending its run is not). The six
+    # runs take 1.2 s: the task may hand on for longer here.
+    start_worker(concurrency=2, env={**RUNG_ONLY, "WORKFLOWS_TEST_HAND_ON_SECONDS": "30"})
     assert len(six_runs_of_a_limit_of_one(0.2)) == 1
+
+
+def test_a_task_stops_handing_on_after_hand_on_seconds_and_rings_the_rest(start_worker):
+    # Runs of 0.4 s, a budget of 0.6 s: a task starts a second run of the line (at
+    # about 0.4 s) but no third one (it could start at 0.8 s at the earliest): the third
+    # is rung, and another task takes the line on from there.
+    start_worker(concurrency=1, env={**RUNG_ONLY, "WORKFLOWS_TEST_HAND_ON_SECONDS": "0.6"})
+    eventbus.send_batch(
+        [{"name": "flow/one", "data": {"seconds": 0.4, "tag_task": True}} for _ in range(5)]
+    )
+    all_completed(5)
+    recorded = spans("one:")
+    assert len(recorded) == 5 and most_at_once(recorded) == 1
+    runs_per_task = Counter(span.label for span in recorded)
+    assert max(runs_per_task.values()) <= 2, runs_per_task  # none after 0.6 s
+    assert len(runs_per_task) >= 3, runs_per_task  # the rest were rung, task after task
 
 
 def test_each_key_has_its_own_slots_and_both_limits_hold(start_worker):

@@ -45,6 +45,11 @@ class WorkflowsSettings:
     #: fan-out, a dispatcher pass) share messages, which saves the broker and worker
     #: overhead per run; 1 sends one message per run.
     RING_BATCH_SIZE: int = 20
+    #: Seconds a task executes the runs handed a concurrency slot by the runs it
+    #: executed (without a message each): once it has run this long, the rest are rung
+    #: like any other, so a busy key's line never holds a process for long while other
+    #: messages wait. 0: every run handed a slot is rung.
+    HAND_ON_SECONDS: float = 0.5
     #: Deepest chain of ``step.invoke``: a run started by an event has depth 0, its
     #: invoked child 1, … An invoke that would go deeper fails with
     #: ``InvokeDepthExceeded`` (a workflow that invokes itself cannot run away).

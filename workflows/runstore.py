@@ -164,7 +164,7 @@ def _claim_shaped(
     run_id = shaped["id"]
     postgres = connection.vendor == "postgresql"
     limits = slots.limits_of(shaped["workflow_id"], (shaped["slot_1"], shaped["slot_2"]))
-    if postgres and not connection.in_atomic_block and not _throttle_asked(shaped):
+    if postgres and not connection.in_atomic_block and not slots.asks_throttle(shaped):
         # The usual case, a run rung because its groups have room: the locks and the
         # claim are one message, which PostgreSQL runs as one transaction of its own (no
         # BEGIN and COMMIT round trips). If a group is full, ask again below, in a
@@ -193,11 +193,6 @@ def _claim_shaped(
                 return None if postgres else _claim_portable(run_id, token, now, lease, Q())
         slots.hold(run_id, shaped, held, now)
         return None
-
-
-def _throttle_asked(shaped: dict[str, Any]) -> bool:
-    """Whether the claim of this run asks a throttle (its first start, under one)."""
-    return bool(shaped["throttle_key"]) and shaped["started_at"] is None
 
 
 def _claim_portable(

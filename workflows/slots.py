@@ -76,12 +76,18 @@ def limits_of(workflow_id: str, groups: Sequence[str]) -> list[tuple[str, int]]:
     ]
 
 
+def asks_throttle(run: dict[str, Any]) -> bool:
+    """Whether the claim of ``run`` (its :data:`FIELDS`) asks a throttle: its first
+    start, under one."""
+    return bool(run["throttle_key"]) and run["started_at"] is None
+
+
 def throttled(
     run_id: Any, run: dict[str, Any], now: datetime, *, relax: bool = False
 ) -> Held | None:
     """In the claim's transaction: ``Held`` if a throttle puts the run's first start
     later (its start is reserved then), else ``None``."""
-    if not run["throttle_key"] or run["started_at"] is not None:
+    if not asks_throttle(run):
         return None
     if relax:
         runstore_pg.relax()

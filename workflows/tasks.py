@@ -1,6 +1,7 @@
 """The engine's Celery tasks. Messages carry only ids; results are not stored."""
 
 import logging
+import time
 import uuid
 from contextlib import AbstractContextManager
 
@@ -54,9 +55,10 @@ def execute_run(run_id: str) -> str:
     # Celery's Django fix-up leaves the connection open when CELERY_DB_REUSE_MAX is set;
     # drop it here if an earlier task left it broken (as a Django request would).
     db.close_old_connections()
+    began = time.monotonic()
     with _handing_on(1) as handed:
         outcome = engine.execute(run_id, keep_lease_alive=True)
-        _execute_handed(handed)
+        _execute_handed(handed, began)
     return outcome
 
 
@@ -72,9 +74,10 @@ def execute_runs(run_ids: list[str]) -> dict[str, int]:
     """
     if not _id_list(run_ids, "execute_runs", "run"):
         return {"invalid": 1}
+    began = time.monotonic()
     with _handing_on(len(run_ids)) as handed:
         outcomes = _execute_each(run_ids)
-        _execute_handed(handed, outcomes)
+        _execute_handed(handed, began, outcomes)
     return outcomes
 
 
@@ -86,16 +89,26 @@ def _handing_on(executing: int) -> AbstractContextManager[list[str]]:
     return doorbell.answering(room, handed_only=True)
 
 
-def _execute_handed(handed: list[str], outcomes: dict[str, int] | None = None) -> None:
+def _execute_handed(
+    handed: list[str], began: float, outcomes: dict[str, int] | None = None
+) -> None:
     """Execute the runs collected by :func:`_handing_on`, and those their ends hand a
     slot to in turn: a freed slot's next run then starts in this process, without a
-    message and a hop through the broker. A task still executes at most
-    ``RING_BATCH_SIZE`` runs (as a message carries at most as many), so no process
-    holds one key's line for long while other messages wait."""
+    message and a hop through the broker.
+
+    So that no process holds one key's line for long while other messages wait, a task
+    executes at most ``RING_BATCH_SIZE`` runs in all (as a message carries at most as
+    many), and starts none of them once it has run ``HAND_ON_SECONDS`` (since
+    ``began``, a :func:`time.monotonic`): those left are rung, as without a task to
+    take them."""
+    budget = conf.get().HAND_ON_SECONDS
     done = 0
     while done < len(handed):
-        batch, done = handed[done:], len(handed)
-        _execute_each(batch, outcomes, handed=True)
+        if time.monotonic() - began >= budget:
+            doorbell.ring(handed[done:])  # not "handed": sent, even while answering
+            return
+        done += 1
+        _execute_each(handed[done - 1 : done], outcomes, handed=True)
 
 
 def _execute_each(
@@ -135,9 +148,10 @@ def emit_events(event_ids: list[str]) -> int:
         emitted, early = bus.emit_ids(ids)
     doorbell.time_events(early)
     if here:
+        began = time.monotonic()
         with _handing_on(len(here)) as handed:
             _execute_each(here)
-            _execute_handed(handed)
+            _execute_handed(handed, began)
     return emitted
 
 

@@ -344,8 +344,9 @@ def shaped(run_id: Any, now: datetime, fields: tuple[str, ...]) -> dict[str, Any
     """``fields`` of the run if it is runnable and flow control may hold it back (the
     question the claim asks when ``"free"`` did not claim it); else ``None``.
 
-    One statement compiled once per process from the same conditions as the claim,
-    instead of an ORM query compiled for every run a concurrency slot was handed to.
+    One statement compiled once per process from the same conditions as the claim (and
+    prepared once per connection, see :func:`execute_prepared`), instead of an ORM query
+    compiled and planned for every run a concurrency slot was handed to.
     """
     if fields not in _shaped_sql:
         runs = WorkflowRun._meta.db_table
@@ -356,9 +357,7 @@ def shaped(run_id: Any, now: datetime, fields: tuple[str, ...]) -> dict[str, Any
         sql = f'SELECT {columns} FROM "{runs}" WHERE "{runs}"."id" = %(id)s AND ({condition})'
         _shaped_sql[fields] = (sql, constants)
     sql, constants = _shaped_sql[fields]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, {**constants, "id": run_id, "now": now})
-        row = cursor.fetchone()
+    row = execute_prepared(connection, sql, {**constants, "id": run_id, "now": now}).fetchone()
     return None if row is None else dict(zip(fields, row, strict=True))
 
 

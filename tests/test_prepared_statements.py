@@ -82,6 +82,16 @@ def test_the_claim_is_prepared_and_its_transaction_still_skips_the_disk_flush():
         assert cursor.fetchone() == ("on",)
 
 
+def test_nothing_is_prepared_inside_a_transaction():
+    # A send is one transaction: a prepared statement missing there (a pooler) would
+    # fail the send, where one that is its own transaction is simply run again.
+    for _ in range(3):
+        start("test/loop", {"n": 1})
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_prepared_statements")
+        assert cursor.fetchone() == (0,)
+
+
 @pytest.mark.parametrize("how", ["told not to", "behind a pooler"])
 def test_nothing_is_prepared_when_told_not_to_or_when_django_is_set_for_a_pooler(
     how, settings, monkeypatch

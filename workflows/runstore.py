@@ -74,7 +74,9 @@ def insert(runs: Sequence[WorkflowRun], *, skip_repeats: bool = False) -> None:
     """
     if any(run.status != RunStatus.QUEUED for run in runs):
         raise ValueError("a new run starts queued")
-    if runs:
+    if len(runs) == 1 and connection.vendor == "postgresql":
+        runstore_pg.insert_run(runs[0], skip_repeats=skip_repeats)  # the send of one event
+    elif runs:
         WorkflowRun.objects.bulk_create(runs, ignore_conflicts=skip_repeats, batch_size=1000)
 
 

@@ -104,15 +104,20 @@ def prepares(conn: Any) -> bool:
 
 
 def execute_prepared(conn: Any, sql: str, params: Any) -> Any:
-    """Execute ``sql`` (one command) on a kept cursor of ``conn``, prepared where
-    :func:`prepares` allows; return the cursor.
+    """Execute ``sql`` (one command) on a kept cursor of ``conn`` and return the cursor:
+    prepared where :func:`prepares` allows and ``conn`` is in no transaction; inside
+    one, with the parameters bound by the server but nothing prepared.
 
-    A statement PostgreSQL says is not prepared (another server session behind a
-    pooler, a ``DEALLOCATE`` psycopg did not see) did nothing: this process stops
-    preparing, with a warning saying what to set, and outside a transaction the
-    statement is executed again unprepared (inside one, the error stands: the
-    transaction is lost either way, and its retry prepares nothing)."""
-    cursor = bound_cursor(conn, prepare=True)
+    Only a statement that is its own transaction can be retried: one PostgreSQL says is
+    not prepared (another server session behind a pooler, a ``DEALLOCATE`` psycopg did
+    not see) did nothing, so it is executed again unprepared, and this process stops
+    preparing, with a warning saying what to set. Inside a transaction the error would
+    lose the caller's transaction (an event's ``send``), hence nothing prepared there."""
+    prepare = not conn.in_atomic_block
+    cursor = bound_cursor(conn, prepare=prepare)
+    if not prepare:
+        cursor.execute(sql, params)
+        return cursor
     try:
         cursor.execute(sql, params)
     except DatabaseError as exc:
@@ -128,8 +133,6 @@ def execute_prepared(conn: Any, sql: str, params: Any) -> Any:
             "such a pooler) or WORKFLOWS['PREPARED_STATEMENTS'] = False",
             exc.__cause__,
         )
-        if conn.in_atomic_block:
-            raise
         cursor = bound_cursor(conn)
         cursor.execute(sql, params)
     return cursor
@@ -150,10 +153,19 @@ _kept: "weakref.WeakKeyDictionary[Any, dict[bool, Any]]" = weakref.WeakKeyDictio
 
 
 def _cursor_classes() -> tuple[type, type]:
-    """Django's server-binding cursor, and the same cursor that prepares what it runs."""
+    """Django's server-binding cursor that prepares nothing, and one that prepares what
+    it runs."""
     global _classes
     if _classes is None:
         from django.db.backends.postgresql.base import ServerBindingCursor
+
+        class PlainCursor(ServerBindingCursor):
+            """Prepares nothing, and executes by name nothing a cursor of the other kind
+            prepared on the connection (psycopg's ``prepare=False``)."""
+
+            def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+                kwargs["prepare"] = False
+                return super().execute(query, params, **kwargs)
 
         class PreparingCursor(ServerBindingCursor):
             """Prepares every statement it executes (psycopg's ``prepare=True``)."""
@@ -162,7 +174,7 @@ def _cursor_classes() -> tuple[type, type]:
                 kwargs["prepare"] = True
                 return super().execute(query, params, **kwargs)
 
-        _classes = (ServerBindingCursor, PreparingCursor)
+        _classes = (PlainCursor, PreparingCursor)
     return _classes
 
 
@@ -430,6 +442,29 @@ def _loaded(row: tuple, load_run: Any, load_event: Any, load_workspace: Any) -> 
 _insert_sql: tuple[str, list] | None = None
 
 
+_run_insert_sql: dict[bool, tuple[str, list[Any]]] = {}
+
+
+def insert_run(run: WorkflowRun, *, skip_repeats: bool) -> None:
+    """Store one new run as the ORM's ``bulk_create`` would, by a statement built once
+    per process and prepared once per connection (:func:`execute_prepared`); with
+    ``skip_repeats``, one the unique (event, workflow) constraint refuses is skipped."""
+    if skip_repeats not in _run_insert_sql:
+        fields = list(WorkflowRun._meta.concrete_fields)
+        columns = ", ".join(f'"{f.column}"' for f in fields)
+        values = ", ".join(["%s"] * len(fields))
+        _run_insert_sql[skip_repeats] = (
+            f'INSERT INTO "{WorkflowRun._meta.db_table}" ({columns}) VALUES ({values})'
+            + (" ON CONFLICT DO NOTHING" if skip_repeats else ""),
+            fields,
+        )
+    sql, fields = _run_insert_sql[skip_repeats]
+    conn = connections[DEFAULT_DB_ALIAS]
+    execute_prepared(conn, sql, [f.get_db_prep_save(f.pre_save(run, True), conn) for f in fields])
+    run._state.adding = False
+    run._state.db = conn.alias
+
+
 def insert_fenced(memo: StepResult, run_id: Any, token: str) -> bool:
     """Insert ``memo`` only while ``token`` holds the running run; whether it did.
 
@@ -495,3 +530,11 @@ def waited_for(lock_key: int, workspace_id: Any, name: str) -> bool:
         )
         next_result(cursor)  # past the lock
         return cursor.fetchone()[0]
+
+
+def pauses_of(workflow_ids: list[str]) -> list[tuple[str, Any]]:
+    """The (workflow id, workspace id or ``None``) of the pauses of ``workflow_ids``
+    (see :meth:`workflows.models.PausedQuerySet.among`), by one prepared statement."""
+    table = models.PausedWorkflow._meta.db_table
+    sql = f'SELECT workflow_id, workspace_id FROM "{table}" WHERE workflow_id = ANY(%s)'
+    return execute_prepared(connection, sql, [workflow_ids]).fetchall()

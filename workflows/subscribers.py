@@ -5,10 +5,11 @@ Both are called by :mod:`eventbus.bus` inside the transaction that emits the eve
 wait exists only if the event does.
 """
 
+from django.db import connection
 from django.utils import timezone
 
 from eventbus.models import Event
-from workflows import gates, lifecycle, registry, waits
+from workflows import gates, lifecycle, registry, runstore_pg, waits
 from workflows.models import (
     EventSkip,
     PausedWorkflow,
@@ -17,6 +18,7 @@ from workflows.models import (
     WaitKind,
     WorkflowRun,
 )
+from workflows.models.pauses import paused_test
 
 
 def start_runs(events: list[Event]) -> list[WorkflowRun]:
@@ -32,7 +34,11 @@ def start_runs(events: list[Event]) -> list[WorkflowRun]:
     pairs = [(event, wf) for event in events for wf in registry.subscribers(event.name)]
     if not pairs:
         return []
-    paused = PausedWorkflow.objects.among({wf.id for _, wf in pairs})
+    workflow_ids = sorted({wf.id for _, wf in pairs})
+    if connection.vendor == "postgresql":  # a prepared statement: one plan per connection
+        paused = paused_test(runstore_pg.pauses_of(workflow_ids))
+    else:
+        paused = PausedWorkflow.objects.among(workflow_ids)
     if paused:
         held = [paused(wf.id, e.workspace_id) for e, wf in pairs]
         EventSkip.objects.bulk_create(

@@ -14,16 +14,21 @@ class PausedQuerySet(models.QuerySet):
     def among(self, workflow_ids: Iterable[str]) -> Callable[[str, Any], bool] | None:
         """``None`` if none of ``workflow_ids`` is paused anywhere; else a test
         ``paused(workflow_id, workspace_id)``. One indexed query."""
-        rows = set(
-            self.filter(workflow_id__in=list(workflow_ids)).values_list(
-                "workflow_id", "workspace_id"
-            )
+        rows = self.filter(workflow_id__in=list(workflow_ids)).values_list(
+            "workflow_id", "workspace_id"
         )
-        if not rows:
-            return None
-        return lambda workflow_id, workspace_id: (
-            (workflow_id, None) in rows or (workflow_id, workspace_id) in rows
-        )
+        return paused_test(rows)
+
+
+def paused_test(rows: Iterable[tuple[str, Any]]) -> Callable[[str, Any], bool] | None:
+    """From the (workflow id, workspace id or ``None``) of pauses: ``None`` if there are
+    none, else a test ``paused(workflow_id, workspace_id)``."""
+    pauses = set(rows)
+    if not pauses:
+        return None
+    return lambda workflow_id, workspace_id: (
+        (workflow_id, None) in pauses or (workflow_id, workspace_id) in pauses
+    )
 
 
 class PausedWorkflow(models.Model):

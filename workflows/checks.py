@@ -40,7 +40,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     if isinstance(hand_on, bool) or not isinstance(hand_on, int | float) or not hand_on >= 0:
         messages.append(
             checks.Error(
-                f"WORKFLOWS['HAND_ON_SECONDS'] is {cfg.HAND_ON_SECONDS!r}; it must be 0 or "
+                f"WORKFLOWS['HAND_ON_SECONDS'] is {hand_on!r}; it must be 0 or "
                 "more (0: every run handed a concurrency slot is rung)",
                 id="workflows.E006",
             )

@@ -68,8 +68,9 @@ class WorkflowsSettings:
     #: Seconds a process keeps its metric counts before adding them to the database
     #: (a process killed loses at most this much of its counts); 0 writes at once.
     METRICS_FLUSH_SECONDS: float = 5.0
-    #: Prepare the statements the engine runs for every step (PostgreSQL, psycopg 3),
-    #: so PostgreSQL plans each once per connection instead of on every execution.
+    #: Prepare the statements the engine runs outside a transaction for every run and
+    #: step (the claim, its flow-control question, a step's memo; PostgreSQL with
+    #: psycopg 3), so PostgreSQL plans each once per connection instead of every time.
     #: ``None``: yes, unless ``DATABASES['default']['DISABLE_SERVER_SIDE_CURSORS']`` is
     #: true (Django's setting for a pooler in transaction mode, where a prepared
     #: statement may be missing on the next server session). ``True`` behind PgBouncer

@@ -1,11 +1,14 @@
-"""The run store's PostgreSQL fast paths: the claim, a step's memo and the end of a run.
+"""The engine's PostgreSQL fast paths: the claim, a step's memo, the end of a run, and
+the statements of ``send`` and of the hand-over that every run pays.
 
-Each is one statement, built once per process from the models (and, for the claim, from
-the one definition of "runnable" in :mod:`workflows.models`): a claim is one
-``UPDATE … RETURNING`` joined with the run's event and workspace, a step's memo is one
-``INSERT … SELECT … FOR SHARE`` that writes only while the run is still ours, and the
-end of a run is one raw ``UPDATE`` that spares the ORM's compilation. Only
-:mod:`workflows.runstore` calls these, and only on PostgreSQL.
+Each is one statement (or one message of a lock and a statement), built once per
+process from the models (and, for the claim, from the one definition of "runnable" in
+:mod:`workflows.models`): a claim is one ``UPDATE … RETURNING`` joined with the run's
+event and workspace, a step's memo is one ``INSERT … SELECT … FOR SHARE`` that writes
+only while the run is still ours, and the end of a run is one raw ``UPDATE`` that
+spares the ORM's compilation. Those that are their own transaction are prepared once
+per connection (:func:`execute_prepared`). Called by the run store, the waits, the
+slots and the subscribers, and only on PostgreSQL.
 """
 
 import logging
@@ -447,8 +450,9 @@ _run_insert_sql: dict[bool, tuple[str, list[Any]]] = {}
 
 def insert_run(run: WorkflowRun, *, skip_repeats: bool) -> None:
     """Store one new run as the ORM's ``bulk_create`` would, by a statement built once
-    per process and prepared once per connection (:func:`execute_prepared`); with
-    ``skip_repeats``, one the unique (event, workflow) constraint refuses is skipped."""
+    per process (in ``send``'s transaction, so bound by the server but not prepared,
+    see :func:`execute_prepared`); with ``skip_repeats``, one the unique (event,
+    workflow) constraint refuses is skipped."""
     if skip_repeats not in _run_insert_sql:
         fields = list(WorkflowRun._meta.concrete_fields)
         columns = ", ".join(f'"{f.column}"' for f in fields)
@@ -534,7 +538,8 @@ def waited_for(lock_key: int, workspace_id: Any, name: str) -> bool:
 
 def pauses_of(workflow_ids: list[str]) -> list[tuple[str, Any]]:
     """The (workflow id, workspace id or ``None``) of the pauses of ``workflow_ids``
-    (see :meth:`workflows.models.PausedQuerySet.among`), by one prepared statement."""
+    (see :meth:`workflows.models.PausedQuerySet.among`), by one statement built once
+    (inside ``send``'s transaction: not prepared, see :func:`execute_prepared`)."""
     table = models.PausedWorkflow._meta.db_table
     sql = f'SELECT workflow_id, workspace_id FROM "{table}" WHERE workflow_id = ANY(%s)'
     return execute_prepared(connection, sql, [workflow_ids]).fetchall()

@@ -35,7 +35,7 @@ def start_runs(events: list[Event]) -> list[WorkflowRun]:
     if not pairs:
         return []
     workflow_ids = sorted({wf.id for _, wf in pairs})
-    if connection.vendor == "postgresql":  # a prepared statement: one plan per connection
+    if connection.vendor == "postgresql":  # raw: no ORM query compiled at every send
         paused = paused_test(runstore_pg.pauses_of(workflow_ids))
     else:
         paused = PausedWorkflow.objects.among(workflow_ids)

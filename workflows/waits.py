@@ -48,12 +48,12 @@ def _lock_key(*parts: Any) -> int:
     return int.from_bytes(hashlib.sha1(text.encode()).digest()[:8], "big", signed=True)
 
 
-def _lock(*parts: Any, shared: bool = False) -> None:
+def _lock(*parts: Any) -> None:
+    """The exclusive lock of ``parts`` (the shared one is taken by :func:`_waited_for`)."""
     if connection.vendor != "postgresql":
         return  # SQLite: one writing transaction at a time already orders them
-    function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {function}(%s)", [_lock_key(*parts)])
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_lock_key(*parts)])
 
 
 def _waited_for(workspace_id: Any, name: str) -> bool:

@@ -183,26 +183,20 @@ def store(
     # What the events start later (other processes, days after) continues this trace.
     trace_context = tracing.carrier()
     arm_before = now + _timer.at_send_ms() if _timer is not None else now
-    rows: list[Event] = []
-    for index, spec in enumerate(specs):
-        ts = spec.ts if spec.ts is not None else now
-        rows.append(
-            Event(
-                id=event_ids[index] if event_ids else uuid.uuid4(),
-                workspace=workspace,
-                name=spec.name,
-                data=spec.data,
-                ts=ts,
-                idempotency_key=spec.idempotency_key,
-                status=EventStatus.SCHEDULED if ts > now else EventStatus.EMITTED,
-                armed=now < ts <= arm_before,
-                created_at=created_at,
-                emitted_at=None if ts > now else created_at,
-                source_run_id=source_run_id,
-                source_step_id=source_step_id,
-                trace_context=trace_context,
-            )
+    rows = [
+        _row(
+            spec,
+            workspace,
+            event_id=event_ids[index] if event_ids else uuid.uuid4(),
+            now=now,
+            created_at=created_at,
+            arm_before=arm_before,
+            trace_context=trace_context,
+            source_run_id=source_run_id,
+            source_step_id=source_step_id,
         )
+        for index, spec in enumerate(specs)
+    ]
     # No savepoint of our own inside a caller's transaction: an error rolls back all.
     with transaction.atomic(savepoint=False):
         ids, fresh = _insert(rows, workspace)
@@ -213,6 +207,62 @@ def store(
         if armed and _timer is not None:
             _timer.arm(armed)
     return ids
+
+
+def _row(
+    spec: validation.EventSpec,
+    workspace: Workspace,
+    *,
+    event_id: uuid.UUID,
+    now: int,
+    created_at: Any,
+    arm_before: int,
+    trace_context: dict[str, str] | None,
+    source_run_id: Any = None,
+    source_step_id: Any = None,
+) -> Event:
+    ts = spec.ts if spec.ts is not None else now
+    return Event(
+        id=event_id,
+        workspace=workspace,
+        name=spec.name,
+        data=spec.data,
+        ts=ts,
+        idempotency_key=spec.idempotency_key,
+        status=EventStatus.SCHEDULED if ts > now else EventStatus.EMITTED,
+        armed=now < ts <= arm_before,
+        created_at=created_at,
+        emitted_at=None if ts > now else created_at,
+        source_run_id=source_run_id,
+        source_step_id=source_step_id,
+        trace_context=trace_context,
+    )
+
+
+def immediate_row(spec: validation.EventSpec, workspace: Workspace) -> Event:
+    """The unsaved row :func:`store` would write for ``spec`` (no ``ts``, no idempotency
+    key) sent now: emitted at once, in the current trace.
+
+    For a caller that inserts it with a statement of its own, which no subscriber hears
+    of: only when :func:`subscribers` are all its own and none of them has work for it.
+    """
+    if spec.ts is not None or spec.idempotency_key:
+        raise ValueError("an immediate row has no ts and no idempotency key")
+    now = now_ms()
+    return _row(
+        spec,
+        workspace,
+        event_id=uuid.uuid4(),
+        now=now,
+        created_at=timezone.now(),
+        arm_before=now,
+        trace_context=tracing.carrier(),
+    )
+
+
+def subscribers() -> tuple[Subscriber, ...]:
+    """The handlers :func:`subscribe` registered, in the order they are called."""
+    return tuple(_subscribers)
 
 
 def _insert(rows: list[Event], workspace: Workspace) -> tuple[list[str], list[Event]]:

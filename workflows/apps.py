@@ -29,6 +29,8 @@ class WorkflowsConfig(AppConfig):
         tracing.use_namespace(telemetry.NAMESPACE)
         bus.subscribe(subscribers.start_runs)
         bus.subscribe(subscribers.resolve_waits)
+        lifecycle.skippable_subscriber(subscribers.start_runs)
+        lifecycle.skippable_subscriber(subscribers.resolve_waits)
         # Scheduled events are emitted on the broker's clock once their ts is near.
         bus.set_timer(doorbell.EventTimer())
         registry.autodiscover()

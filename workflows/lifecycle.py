@@ -28,13 +28,21 @@ from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from eventbus import bus, validation
 from eventbus.exceptions import EventError
 from eventbus.models import Event, EventStatus
-from workflows import doorbell, flowcontrol, registry, runstore, slots, telemetry, waits
+from workflows import (
+    doorbell,
+    flowcontrol,
+    registry,
+    runstore,
+    slots,
+    telemetry,
+    waits,
+)
 from workflows.exceptions import UnknownWorkflowError
 from workflows.models import ACTIVE_STATUSES, RunStatus, Wait, WorkflowRun
 from workflows.payloads import event_dict
@@ -142,7 +150,8 @@ def ended(run: WorkflowRun) -> None:
     _emit_system_events(run, wf)
 
 
-def _emit_system_events(run: WorkflowRun, wf: registry.Workflow | None) -> None:
+def _finished_data(run: WorkflowRun) -> dict[str, Any]:
+    """The data of the system events of the end of ``run`` (its status and outcome set)."""
     data: dict[str, Any] = {
         "run_id": str(run.pk),
         "workflow_id": run.workflow_id,
@@ -153,6 +162,11 @@ def _emit_system_events(run: WorkflowRun, wf: registry.Workflow | None) -> None:
         data["output"] = run.output
     else:
         data["error"] = run.error
+    return data
+
+
+def _emit_system_events(run: WorkflowRun, wf: registry.Workflow | None) -> None:
+    data = _finished_data(run)
     names = [RUN_FINISHED]
     if run.status == RunStatus.FAILED:
         names.append(RUN_FAILED)
@@ -211,12 +225,62 @@ def finish(
     run: WorkflowRun, token: str, status: str, *, output: Any = None, error: Any = None
 ) -> bool:
     """End the run we own as completed or failed, with everything that follows from it."""
+    if status == RunStatus.COMPLETED and _ends_quietly(run):
+        quietly = _finish_quietly(run, token, output)
+        if quietly is not None:
+            return quietly
     with transaction.atomic():
         if not runstore.finish(run.pk, token, status, output=output, error=error):
             return False
         run.status, run.output, run.error = status, output, error
         ended(run)
     return True
+
+
+#: The event-bus handlers a quiet end of a run may skip (:func:`skippable_subscriber`).
+_skippable: set[Any] = set()
+
+
+def skippable_subscriber(handler: Any) -> None:
+    """Let the end of a run skip the event-bus handler ``handler`` when it stores its
+    ``run.finished`` (see :func:`_ends_quietly`): the engine's own two (``apps.ready``),
+    which have no work for that event when no workflow is triggered by it and no wait
+    is recorded for it. Any other handler makes every end deliver it."""
+    _skippable.add(handler)
+
+
+def _ends_quietly(run: WorkflowRun) -> bool:
+    """Whether the completion of ``run`` needs nothing but its row and its
+    ``run.finished`` event, unless a wait for that event exists (which the one statement
+    of :func:`_finish_quietly` finds out): on PostgreSQL, outside a transaction, a run
+    of a registered workflow that no ``cancel_on`` watches, with no parent, not a
+    branch, not started by a system event, while no workflow is triggered by
+    ``run.finished`` and the event bus has no subscriber but the engine's own two."""
+    if connection.vendor != "postgresql" or connection.in_atomic_block:
+        return False
+    if run.is_branch or run.parent_id is not None or run.event.name.startswith(_SYSTEM_PREFIX):
+        return False
+    wf = _registered(run.workflow_id)
+    if wf is None or wf.cancel_on or registry.subscribers(RUN_FINISHED):
+        return False
+    return _skippable.issuperset(bus.subscribers())
+
+
+def _finish_quietly(run: WorkflowRun, token: str, output: Any) -> bool | None:
+    """Complete ``run`` and store its ``run.finished`` event in one round trip
+    (:func:`runstore.finish_with_event`); ``None`` if that cannot be (concurrency slots
+    to hand on, a wait for the event) and nothing was written: the caller ends the run
+    the ordinary way."""
+    previous = run.status, run.output
+    run.status, run.output = RunStatus.COMPLETED, output
+    row = bus.immediate_row(_spec(RUN_FINISHED, _finished_data(run)), run.workspace)
+    key = waits.emitter_lock_key(row.workspace_id, RUN_FINISHED)
+    done = runstore.finish_with_event(run.pk, token, output, row, key)
+    if done:
+        telemetry.run_ended(run)  # committed already: counted and signalled now
+    else:
+        run.status, run.output = previous
+    return done
 
 
 def expire_timeouts(limit: int) -> int:

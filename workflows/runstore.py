@@ -438,6 +438,27 @@ def finish(run_id: Any, token: str, status: str, *, output: Any = None, error: A
     return ended
 
 
+def finish_with_event(
+    run_id: Any, token: str, output: Any, event: Any, lock_key: int
+) -> bool | None:
+    """On PostgreSQL, outside a transaction: complete the run we own and store ``event``,
+    its ``run.finished``, in one round trip (:func:`runstore_pg.finish_with_event`).
+
+    ``None`` when that cannot be, and nothing was written: the run holds concurrency
+    slots (they are handed on in the transaction that ends it), or a wait for the
+    event is recorded (``lock_key``: the emitters' lock of its name). Otherwise whether
+    the run was ours to end, as :func:`finish`.
+    """
+    if token in _groups:
+        return None
+    ended = runstore_pg.finish_with_event(run_id, token, output, timezone.now(), event, lock_key)
+    if ended:
+        _let_go(token)
+    elif ended is False:
+        _forget(token)
+    return ended
+
+
 def pause(run_id: Any, token: str, error: Any) -> bool:
     """Pause the run we own (its memos no longer fit the code); ``False`` if it is no
     longer ours (cancelled or taken over).

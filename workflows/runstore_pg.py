@@ -6,8 +6,10 @@ process from the models (and, for the claim, from the one definition of "runnabl
 :mod:`workflows.models`): a claim is one ``UPDATE … RETURNING`` joined with the run's
 event and workspace, a step's memo is one ``INSERT … SELECT … FOR SHARE`` that writes
 only while the run is still ours, and the end of a run is one raw ``UPDATE`` that
-spares the ORM's compilation. Those that are their own transaction are prepared once
-per connection (:func:`execute_prepared`). Called by the run store, the waits, the
+spares the ORM's compilation, or, when nothing listens for its ``run.finished``, one
+message that writes the end and the event together (:func:`finish_with_event`). Those
+that are their own transaction are prepared once per connection
+(:func:`execute_prepared`). Called by the run store, the lifecycle, the waits, the
 slots and the subscribers, and only on PostgreSQL.
 """
 
@@ -31,6 +33,10 @@ logger = logging.getLogger(__name__)
 #: run to be rung and claimed again; a lost end leaves it running with an expired
 #: lease, so it is resumed, replays its memos and ends again. Either saves a disk flush.
 RELAXED = "SET LOCAL synchronous_commit TO OFF; "
+#: The same setting for a statement that sets it itself (``set_config`` in a CTE, see
+#: ``_relaxed_cte``); read when such a statement is first built. The bench's
+#: fully-synchronous row sets both to ``on``.
+RELAXED_COMMIT = "off"
 
 #: A time no caller passes: marks where "now" goes when a condition is compiled once.
 _NOW_MARK = datetime(1970, 1, 1, 0, 0, 0, 424242, tzinfo=UTC)
@@ -228,11 +234,17 @@ def _compiled_condition(condition: Any) -> tuple[str, dict[str, Any]]:
 
 _claim_sql: dict[tuple[str, bool], tuple[str, dict[str, Any], Any, Any, Any]] = {}
 
-#: ``RELAXED`` as a part of the claim statement itself, for a claim that is its own
-#: transaction: a statement of one command can be prepared (``SET LOCAL …; UPDATE …``
-#: cannot). It is read at commit, so where in the statement it is set does not matter;
-#: a claim that claims nothing writes nothing and has nothing to flush.
-_RELAXED_CTE = "relaxed AS (SELECT set_config('synchronous_commit', 'off', true) AS value), "
+
+def _relaxed_cte() -> str:
+    """``RELAXED`` as a part of a statement itself (a CTE named ``relaxed``), for a
+    statement that is its own transaction: a statement of one command can be prepared
+    (``SET LOCAL …; UPDATE …`` cannot). The setting is read at commit, so where in the
+    transaction it is set does not matter; a statement that writes nothing has nothing
+    to flush."""
+    return (
+        f"relaxed AS (SELECT set_config('synchronous_commit', '{RELAXED_COMMIT}', true) AS value), "
+    )
+
 
 #: How a claim of a run in a concurrency group checks one group's room: its running
 #: runs with a live lease, other than this one, must be fewer than the limit. Counted by
@@ -255,7 +267,7 @@ def _claim_statement(kind: str, relaxed: bool = False) -> tuple[str, dict[str, A
     runnable (a late or repeated message) or held back by flow control: the caller
     asks which (a rarer second query, kept out of this statement, which every run pays
     to plan: with it, planning took 0.8 ms more). ``relaxed``: the statement commits
-    without waiting for the disk (``_RELAXED_CTE``), for a claim outside a transaction.
+    without waiting for the disk (``_relaxed_cte``), for a claim outside a transaction.
     """
     if (kind, relaxed) not in _claim_sql:
         event_model = WorkflowRun._meta.get_field("event").related_model
@@ -272,7 +284,7 @@ def _claim_statement(kind: str, relaxed: bool = False) -> tuple[str, dict[str, A
             )
             runnable = f"({runnable}) AND {room}"
         sql = f"""
-        WITH {_RELAXED_CTE if relaxed else ""}claimed AS (
+        WITH {_relaxed_cte() if relaxed else ""}claimed AS (
             UPDATE "{runs}"
             SET status = '{RunStatus.RUNNING}', lease_owner = %(token)s,
                 lease_expires_at = %(lease)s, due_at = %(lease)s, wake_at = NULL, held_by = '',
@@ -519,6 +531,78 @@ def finish(run_id: Any, token: str, status: str, output: Any, error: Any, now: d
         )
         next_result(cursor)
         return cursor.rowcount == 1
+
+
+_finish_with_event_sql: tuple[str, list[Any]] | None = None
+
+
+def finish_with_event(
+    run_id: Any, token: str, output: Any, now: datetime, event: Any, lock_key: int
+) -> bool | None:
+    """Complete the run we own and store ``event`` (its ``run.finished``), unless a
+    wait for that event's name is recorded in its workspace.
+
+    Outside a transaction: one round trip of two statements, which PostgreSQL runs as
+    one transaction that commits without waiting for the disk (``RELAXED``). The first
+    takes the emitters' shared lock ``lock_key`` (see :mod:`workflows.waits`), so the
+    second, whose snapshot comes after it, sees every wait recorded before; a wait
+    recorded after it waits for the commit and then finds the event stored. ``True``:
+    ended, event stored; ``False``: not ours to end; ``None``: a wait exists, nothing
+    was written (end the run the ordinary way, which resolves the wait).
+    """
+    global _finish_with_event_sql
+    event_model = type(event)
+    if _finish_with_event_sql is None:
+        runs = WorkflowRun._meta.db_table
+        fields = list(event_model._meta.concrete_fields)
+        casts = ", ".join(
+            f"CAST(%(e{n})s AS {f.cast_db_type(connection)})" for n, f in enumerate(fields)
+        )
+        columns = ", ".join(f'"{f.column}"' for f in fields)
+        sql = f"""SELECT pg_advisory_xact_lock_shared(%(lock)s);
+        WITH {_relaxed_cte()}waited AS (
+            SELECT EXISTS (
+                SELECT 1 FROM "{models.Wait._meta.db_table}"
+                WHERE workspace_id = %(workspace)s AND event_name = %(name)s
+            ) AS found
+        ), ended AS (
+            UPDATE "{runs}" SET status = '{RunStatus.COMPLETED}', output = %(output)s,
+                error = NULL, finished_at = %(now)s, lease_owner = NULL,
+                lease_expires_at = NULL, due_at = NULL, wake_at = NULL
+            FROM relaxed, waited
+            WHERE "{runs}".id = %(id)s AND "{runs}".lease_owner = %(token)s
+                AND "{runs}".status = '{RunStatus.RUNNING}' AND NOT waited.found
+            RETURNING "{runs}".id
+        ), stored AS (
+            INSERT INTO "{event_model._meta.db_table}" ({columns})
+            SELECT {casts} FROM ended RETURNING 1
+        )
+        SELECT waited.found, (SELECT count(*) FROM stored) FROM waited"""
+        _finish_with_event_sql = (sql, fields)
+    sql, fields = _finish_with_event_sql
+    params = {
+        f"e{n}": f.get_db_prep_save(f.pre_save(event, True), connection)
+        for n, f in enumerate(fields)
+    }
+    params.update(
+        lock=lock_key,
+        workspace=event.workspace_id,
+        name=event.name,
+        output=WorkflowRun._meta.get_field("output").get_db_prep_save(output, connection),
+        now=now,
+        id=run_id,
+        token=token,
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        next_result(cursor)  # past the lock
+        waited, stored = cursor.fetchone()
+    if waited:
+        return None
+    if stored:
+        event._state.adding = False
+        event._state.db = connection.alias
+    return bool(stored)
 
 
 def waited_for(lock_key: int, workspace_id: Any, name: str) -> bool:

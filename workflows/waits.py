@@ -48,6 +48,12 @@ def _lock_key(*parts: Any) -> int:
     return int.from_bytes(hashlib.sha1(text.encode()).digest()[:8], "big", signed=True)
 
 
+def emitter_lock_key(workspace_id: Any, name: str) -> int:
+    """The advisory lock key that orders emitters of ``name`` in a workspace (shared)
+    and the recording of waits for it (exclusive)."""
+    return _lock_key(workspace_id, name)
+
+
 def _lock(*parts: Any) -> None:
     """The exclusive lock of ``parts`` (the shared one is taken by :func:`_waited_for`)."""
     if connection.vendor != "postgresql":

@@ -1,0 +1,229 @@
+"""PostgreSQL: a run that completes with nobody listening for its ``run.finished`` ends,
+event included, in one round trip (``runstore_pg.finish_with_event``).
+
+Every run ends by storing its ``run.finished`` event. When no workflow is triggered by
+it, no ``cancel_on`` or parent hangs on the run and the event bus has only the engine's
+subscribers, the end needs the run's row, the event's row and one question: is a wait
+for ``run.finished`` recorded in the workspace? One message of two statements answers
+it under the emitters' lock and writes both rows only if none is, in one transaction;
+if one is, nothing is written and the run ends the ordinary way, which resolves it.
+"""
+
+import threading
+
+import pytest
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from eventbus import bus
+from eventbus.models import Event, EventStatus
+from tests.conftest import start_run as start
+from tests.conftest import wait_until
+from workflows import engine, lifecycle, registry, runstore_pg, waits, workflow
+from workflows.models import RunStatus, StepStatus, WorkflowRun
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),  # as a worker: no test transaction around it
+    pytest.mark.skipif(connection.vendor != "postgresql", reason="the PostgreSQL fast path"),
+]
+
+
+def finished_events(run: WorkflowRun) -> list[Event]:
+    return list(Event.objects.filter(name=lifecycle.RUN_FINISHED, data__run_id=str(run.pk)))
+
+
+def ending(run: WorkflowRun) -> tuple[str, list[str]]:
+    """Execute ``run``; its outcome and the statements its ``lifecycle.finish`` sent."""
+    captured: list[str] = []
+    original = lifecycle.finish
+
+    def finish(*args, **kwargs):
+        with CaptureQueriesContext(connection) as queries:
+            try:
+                return original(*args, **kwargs)
+            finally:
+                captured.extend(q["sql"] for q in queries.captured_queries)
+
+    lifecycle.finish = finish
+    try:
+        return engine.execute(run.pk), captured
+    finally:
+        lifecycle.finish = original
+
+
+def test_a_completed_run_nobody_listens_for_ends_with_its_event_in_one_round_trip():
+    run = start("test/loop", {"n": 2})
+    outcome, statements = ending(run)
+    assert outcome == RunStatus.COMPLETED
+    assert len(statements) == 1, statements
+    assert "pg_advisory_xact_lock_shared" in statements[0]
+    assert 'INSERT INTO "eventbus_event"' in statements[0]
+    run.refresh_from_db()
+    assert run.status == RunStatus.COMPLETED and run.output == {"total": 1}
+    assert run.lease_owner is None and run.finished_at is not None
+    (event,) = finished_events(run)
+    assert event.status == EventStatus.EMITTED and event.emitted_at is not None
+    assert event.workspace_id == run.workspace_id
+    assert event.data["status"] == "completed" and event.data["output"] == {"total": 1}
+    assert event.data["event"]["name"] == "test/loop"
+
+
+def test_a_wait_for_run_finished_sends_the_end_the_ordinary_way_and_is_resolved():
+    @workflow(id="q-watcher", trigger="quiet/watch")
+    def watcher(ctx):
+        seen = ctx.step.wait_for_event(
+            "done", lifecycle.RUN_FINISHED, timeout="1h", if_="async.data.workflow_id == 't-loop'"
+        )
+        return {"seen": seen.data["run_id"] if seen else None}
+
+    try:
+        waiting = start("quiet/watch")
+        assert engine.execute(waiting.pk) == "suspended"
+        run = start("test/loop", {"n": 1})
+        outcome, statements = ending(run)
+        assert outcome == RunStatus.COMPLETED
+        # The one statement found the wait and wrote nothing; the ordinary end followed.
+        assert len(statements) > 1 and "pg_advisory_xact_lock_shared" in statements[0]
+        assert len(finished_events(run)) == 1
+        waiting.refresh_from_db()
+        assert waiting.steps.get(step_id="done").status == StepStatus.COMPLETED
+        assert engine.execute(waiting.pk) == RunStatus.COMPLETED
+        waiting.refresh_from_db()
+        assert waiting.output == {"seen": str(run.pk)}
+    finally:
+        registry.unregister("q-watcher")
+
+
+def test_a_workflow_triggered_by_run_finished_still_starts():
+    @workflow(id="q-follower", trigger=lifecycle.RUN_FINISHED)
+    def follower(ctx):
+        return {"after": ctx.event.data["run_id"]}
+
+    try:
+        run = start("test/loop", {"n": 1})
+        outcome, statements = ending(run)
+        assert outcome == RunStatus.COMPLETED and len(statements) > 1
+        (event,) = finished_events(run)
+        assert WorkflowRun.objects.filter(workflow_id="q-follower", event=event).count() == 1
+    finally:
+        registry.unregister("q-follower")
+
+
+def test_another_subscriber_of_the_bus_still_hears_the_event():
+    heard: list[str] = []
+
+    def listener(events):
+        heard.extend(str(e.data.get("run_id")) for e in events if e.name == lifecycle.RUN_FINISHED)
+
+    bus.subscribe(listener)
+    try:
+        run = start("test/loop", {"n": 1})
+        outcome, statements = ending(run)
+    finally:
+        bus._subscribers.remove(listener)
+    assert outcome == RunStatus.COMPLETED and len(statements) > 1
+    assert heard == [str(run.pk)]
+
+
+def test_a_run_that_is_no_longer_ours_is_not_ended_and_stores_no_event():
+    run = start("test/loop", {"n": 1})
+    row = bus.immediate_row(
+        lifecycle._spec(lifecycle.RUN_FINISHED, {"run_id": str(run.pk)}), run.workspace
+    )
+    key = waits.emitter_lock_key(run.workspace_id, lifecycle.RUN_FINISHED)
+    assert (
+        runstore_pg.finish_with_event(run.pk, "not-the-owner", 1, timezone.now(), row, key) is False
+    )
+    run.refresh_from_db()
+    assert run.status == RunStatus.QUEUED and not finished_events(run)
+
+
+def test_the_quiet_end_commits_without_waiting_for_the_disk():
+    run = start("test/loop", {"n": 1})
+    WorkflowRun.objects.filter(pk=run.pk).update(status=RunStatus.RUNNING, lease_owner="me")
+    row = bus.immediate_row(
+        lifecycle._spec(lifecycle.RUN_FINISHED, {"run_id": str(run.pk)}), run.workspace
+    )
+    key = waits.emitter_lock_key(run.workspace_id, lifecycle.RUN_FINISHED)
+    # Inside a transaction of our own, to look at the setting the statement left.
+    with transaction.atomic(), connection.cursor() as cursor:
+        assert runstore_pg.finish_with_event(run.pk, "me", 1, timezone.now(), row, key) is True
+        cursor.execute("SHOW synchronous_commit")
+        assert cursor.fetchone() == ("off",)
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW synchronous_commit")
+        assert cursor.fetchone() == ("on",)
+    run.refresh_from_db()
+    assert run.status == RunStatus.COMPLETED and len(finished_events(run)) == 1
+
+
+def test_a_wait_recorded_while_the_run_ends_is_resolved():
+    """The waiter holds the exclusive lock, its wait stored but not committed, when the
+    run ends: the end waits for the lock, then sees the wait, and resolves it."""
+
+    @workflow(id="q-late-watcher", trigger="quiet/late-watch")
+    def watcher(ctx):
+        seen = ctx.step.wait_for_event("done", lifecycle.RUN_FINISHED, timeout="1h")
+        return {"seen": seen.data["run_id"] if seen else None}
+
+    threads: list[threading.Thread] = []
+    results: dict[str, str] = {}
+    run = start("test/loop", {"n": 1})
+    original = waits.record_event_wait
+
+    def end_before_commit(*args, **kwargs):
+        result = original(*args, **kwargs)
+
+        def ender():
+            try:
+                results["outcome"] = engine.execute(run.pk)
+            finally:
+                connection.close()
+
+        thread = threading.Thread(target=ender)
+        thread.start()
+        threads.append(thread)
+        wait_until(
+            lambda: _advisory_waiters() > 0,
+            timeout=30,
+            interval=0.005,
+            what="the run's end to wait for the waiter's lock",
+        )
+        return result
+
+    try:
+        waiting = start("quiet/late-watch")
+        waits.record_event_wait = end_before_commit
+        try:
+            assert engine.execute(waiting.pk) == "suspended"
+        finally:
+            waits.record_event_wait = original
+        for thread in threads:
+            thread.join(30)
+        assert results == {"outcome": RunStatus.COMPLETED}
+        assert engine.execute(waiting.pk) == RunStatus.COMPLETED
+        waiting.refresh_from_db()
+        assert waiting.output == {"seen": str(run.pk)}
+    finally:
+        registry.unregister("q-late-watcher")
+
+
+def _advisory_waiters() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            " AND pid <> pg_backend_pid()"
+        )
+        return cursor.fetchone()[0]
+
+
+def test_a_run_holding_a_concurrency_slot_ends_the_ordinary_way_and_hands_it_on():
+    first = start("flow/one", {"seconds": 0})
+    second = start("flow/one", {"seconds": 0})
+    outcome, statements = ending(first)
+    assert outcome == RunStatus.COMPLETED and len(statements) > 1
+    assert len(finished_events(first)) == 1
+    second.refresh_from_db()
+    assert second.status == RunStatus.QUEUED and second.held_by == ""  # handed the slot
+    assert engine.execute(second.pk) == RunStatus.COMPLETED

@@ -34,15 +34,7 @@ from django.utils import timezone
 from eventbus import bus, validation
 from eventbus.exceptions import EventError
 from eventbus.models import Event, EventStatus
-from workflows import (
-    doorbell,
-    flowcontrol,
-    registry,
-    runstore,
-    slots,
-    telemetry,
-    waits,
-)
+from workflows import doorbell, flowcontrol, registry, runstore, slots, telemetry, waits
 from workflows.exceptions import UnknownWorkflowError
 from workflows.models import ACTIVE_STATUSES, RunStatus, Wait, WorkflowRun
 from workflows.payloads import event_dict
@@ -255,7 +247,8 @@ def _ends_quietly(run: WorkflowRun) -> bool:
     of :func:`_finish_quietly` finds out): on PostgreSQL, outside a transaction, a run
     of a registered workflow that no ``cancel_on`` watches, with no parent, not a
     branch, not started by a system event, while no workflow is triggered by
-    ``run.finished`` and the event bus has no subscriber but the engine's own two."""
+    ``run.finished`` and every subscriber of the event bus may be skipped
+    (:func:`skippable_subscriber`)."""
     if connection.vendor != "postgresql" or connection.in_atomic_block:
         return False
     if run.is_branch or run.parent_id is not None or run.event.name.startswith(_SYSTEM_PREFIX):

@@ -460,6 +460,17 @@ _insert_sql: tuple[str, list] | None = None
 _run_insert_sql: dict[bool, tuple[str, list[Any]]] = {}
 
 
+def _insert_values(instance: Any, fields: list[Any], conn: Any) -> list[Any]:
+    """The values of ``fields`` of ``instance`` as the ORM's ``INSERT`` writes them."""
+    return [f.get_db_prep_save(f.pre_save(instance, True), conn) for f in fields]
+
+
+def _saved(instance: Any, conn: Any) -> None:
+    """Mark ``instance`` as stored by ``conn``, as the ORM does after its ``INSERT``."""
+    instance._state.adding = False
+    instance._state.db = conn.alias
+
+
 def insert_run(run: WorkflowRun, *, skip_repeats: bool) -> None:
     """Store one new run as the ORM's ``bulk_create`` would, by a statement built once
     per process (in ``send``'s transaction, so bound by the server but not prepared,
@@ -476,9 +487,8 @@ def insert_run(run: WorkflowRun, *, skip_repeats: bool) -> None:
         )
     sql, fields = _run_insert_sql[skip_repeats]
     conn = connections[DEFAULT_DB_ALIAS]
-    execute_prepared(conn, sql, [f.get_db_prep_save(f.pre_save(run, True), conn) for f in fields])
-    run._state.adding = False
-    run._state.db = conn.alias
+    execute_prepared(conn, sql, _insert_values(run, fields, conn))
+    _saved(run, conn)
 
 
 def insert_fenced(memo: StepResult, run_id: Any, token: str) -> bool:
@@ -501,14 +511,22 @@ def insert_fenced(memo: StepResult, run_id: Any, token: str) -> bool:
         )
     sql, fields = _insert_sql
     conn = connections[DEFAULT_DB_ALIAS]  # one thread-local lookup, not one per field
-    params = [f.get_db_prep_save(f.pre_save(memo, True), conn) for f in fields]
+    params = _insert_values(memo, fields, conn)
     row = execute_prepared(conn, sql, [*params, run_id, token]).fetchone()
     if row is None:
         return False
     memo.pk = row[0]
-    memo._state.adding = False
-    memo._state.db = conn.alias
+    _saved(memo, conn)
     return True
+
+
+#: What the end of a run sets besides its status, output and error, and which run it
+#: may end (the one ``token`` holds, still running): shared by both ends of a run.
+_ENDED = (
+    "finished_at = %(now)s, lease_owner = NULL, lease_expires_at = NULL, due_at = NULL, "
+    "wake_at = NULL"
+)
+_OURS_RUNNING = f"lease_owner = %(token)s AND status = '{RunStatus.RUNNING}'"
 
 
 def finish(run_id: Any, token: str, status: str, output: Any, error: Any, now: datetime) -> bool:
@@ -516,18 +534,17 @@ def finish(run_id: Any, token: str, status: str, output: Any, error: Any, now: d
     field = WorkflowRun._meta.get_field("output")
     with connection.cursor() as cursor:
         cursor.execute(
-            f'{RELAXED}UPDATE "{WorkflowRun._meta.db_table}" SET status = %s, output = %s, '
-            "error = %s, finished_at = %s, lease_owner = NULL, lease_expires_at = NULL, "
-            "due_at = NULL, wake_at = NULL "
-            f"WHERE id = %s AND lease_owner = %s AND status = '{RunStatus.RUNNING}'",
-            [
-                status,
-                field.get_db_prep_save(output, connection),
-                field.get_db_prep_save(error, connection),
-                now,
-                run_id,
-                token,
-            ],
+            f'{RELAXED}UPDATE "{WorkflowRun._meta.db_table}" SET status = %(status)s, '
+            f"output = %(output)s, error = %(error)s, {_ENDED} "
+            f"WHERE id = %(id)s AND {_OURS_RUNNING}",
+            {
+                "status": status,
+                "output": field.get_db_prep_save(output, connection),
+                "error": field.get_db_prep_save(error, connection),
+                "now": now,
+                "id": run_id,
+                "token": token,
+            },
         )
         next_result(cursor)
         return cursor.rowcount == 1
@@ -551,8 +568,8 @@ def finish_with_event(
     was written (end the run the ordinary way, which resolves the wait).
     """
     global _finish_with_event_sql
-    event_model = type(event)
     if _finish_with_event_sql is None:
+        event_model = WorkflowRun._meta.get_field("event").related_model
         runs = WorkflowRun._meta.db_table
         fields = list(event_model._meta.concrete_fields)
         casts = ", ".join(
@@ -561,17 +578,12 @@ def finish_with_event(
         columns = ", ".join(f'"{f.column}"' for f in fields)
         sql = f"""SELECT pg_advisory_xact_lock_shared(%(lock)s);
         WITH {_relaxed_cte()}waited AS (
-            SELECT EXISTS (
-                SELECT 1 FROM "{models.Wait._meta.db_table}"
-                WHERE workspace_id = %(workspace)s AND event_name = %(name)s
-            ) AS found
+            SELECT {_waited()} AS found
         ), ended AS (
             UPDATE "{runs}" SET status = '{RunStatus.COMPLETED}', output = %(output)s,
-                error = NULL, finished_at = %(now)s, lease_owner = NULL,
-                lease_expires_at = NULL, due_at = NULL, wake_at = NULL
+                error = NULL, {_ENDED}
             FROM relaxed, waited
-            WHERE "{runs}".id = %(id)s AND "{runs}".lease_owner = %(token)s
-                AND "{runs}".status = '{RunStatus.RUNNING}' AND NOT waited.found
+            WHERE id = %(id)s AND {_OURS_RUNNING} AND NOT waited.found
             RETURNING "{runs}".id
         ), stored AS (
             INSERT INTO "{event_model._meta.db_table}" ({columns})
@@ -580,10 +592,7 @@ def finish_with_event(
         SELECT waited.found, (SELECT count(*) FROM stored) FROM waited"""
         _finish_with_event_sql = (sql, fields)
     sql, fields = _finish_with_event_sql
-    params = {
-        f"e{n}": f.get_db_prep_save(f.pre_save(event, True), connection)
-        for n, f in enumerate(fields)
-    }
+    params = {f"e{n}": value for n, value in enumerate(_insert_values(event, fields, connection))}
     params.update(
         lock=lock_key,
         workspace=event.workspace_id,
@@ -600,9 +609,19 @@ def finish_with_event(
     if waited:
         return None
     if stored:
-        event._state.adding = False
-        event._state.db = connection.alias
+        _saved(event, connection)
     return bool(stored)
+
+
+def _waited() -> str:
+    """Whether a wait for the event ``%(name)s`` is recorded in ``%(workspace)s``: the
+    emitters' question, asked after their shared lock (:func:`waited_for`,
+    :func:`finish_with_event`)."""
+    table = models.Wait._meta.db_table
+    return (
+        f'EXISTS (SELECT 1 FROM "{table}" '
+        "WHERE workspace_id = %(workspace)s AND event_name = %(name)s)"
+    )
 
 
 def waited_for(lock_key: int, workspace_id: Any, name: str) -> bool:
@@ -612,9 +631,8 @@ def waited_for(lock_key: int, workspace_id: Any, name: str) -> bool:
     lock is granted, so it sees every wait recorded under the exclusive lock before."""
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT pg_advisory_xact_lock_shared(%s); SELECT EXISTS (SELECT 1 FROM "
-            f'"{models.Wait._meta.db_table}" WHERE workspace_id = %s AND event_name = %s)',
-            [lock_key, workspace_id, name],
+            f"SELECT pg_advisory_xact_lock_shared(%(lock)s); SELECT {_waited()}",
+            {"lock": lock_key, "workspace": workspace_id, "name": name},
         )
         next_result(cursor)  # past the lock
         return cursor.fetchone()[0]

@@ -46,6 +46,11 @@ class Timer(Protocol):
 
 
 _timer: Timer | None = None
+
+#: Stores one event sent alone together with what its subscribers make of it, in one
+#: round trip, and says whether it did (see :func:`set_shortcut`).
+Shortcut = Callable[[Event], bool]
+_shortcut: Shortcut | None = None
 #: The workspace of the workflow run executing in this context, if any.
 _run_workspace: ContextVar[Workspace | None] = ContextVar("eventbus_run_workspace", default=None)
 
@@ -61,6 +66,19 @@ def set_timer(timer: Timer | None) -> None:
     alone emits scheduled events, when its pass finds them due)."""
     global _timer
     _timer = timer
+
+
+def set_shortcut(shortcut: Shortcut | None) -> None:
+    """Install the handler that may store an event sent alone, with everything its
+    subscribers would do on its emission, in one round trip (the workflow engine
+    installs its own).
+
+    It is called with the unsaved row of an event emitted at once (no future ``ts``,
+    no idempotency key) and returns whether it stored it; ``False`` means it wrote
+    nothing, and the event is stored and delivered the ordinary way. ``None``: every
+    event is stored the ordinary way."""
+    global _shortcut
+    _shortcut = shortcut
 
 
 def now_ms() -> int:
@@ -197,6 +215,10 @@ def store(
         )
         for index, spec in enumerate(specs)
     ]
+    if _shortcut is not None and deliver and len(rows) == 1:
+        row = rows[0]
+        if row.status == EventStatus.EMITTED and not row.idempotency_key and _shortcut(row):
+            return [str(row.id)]
     # No savepoint of our own inside a caller's transaction: an error rolls back all.
     with transaction.atomic(savepoint=False):
         ids, fresh = _insert(rows, workspace)

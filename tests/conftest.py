@@ -1,10 +1,12 @@
 """Fixtures: real Celery worker processes against the test database, and waiting helpers."""
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -372,3 +374,46 @@ def run_command(*args: str) -> str:
     out = StringIO()
     call_command(*args, stdout=out, stderr=StringIO())
     return out.getvalue()
+
+
+@contextlib.contextmanager
+def racing_a_wait(action: Callable[[], None], what: str) -> Iterator[None]:
+    """Inside the block, a wait recorded by ``waits.record_event_wait`` starts ``action``
+    in another thread (on its own connection) before the waiter's transaction commits,
+    and lets the waiter go on only once ``action`` waits for an advisory lock (the
+    waiter's exclusive one); on leaving, waits for ``action`` to end. PostgreSQL."""
+    from workflows import waits
+
+    threads: list[threading.Thread] = []
+    original = waits.record_event_wait
+
+    def on_its_own_connection() -> None:
+        try:
+            action()
+        finally:
+            connection.close()
+
+    def record_then_race(*args, **kwargs):
+        result = original(*args, **kwargs)
+        thread = threading.Thread(target=on_its_own_connection)
+        thread.start()
+        threads.append(thread)
+        wait_until(lambda: _advisory_waiters() > 0, timeout=30, interval=0.005, what=what)
+        return result
+
+    waits.record_event_wait = record_then_race
+    try:
+        yield
+    finally:
+        waits.record_event_wait = original
+        for thread in threads:
+            thread.join(30)
+
+
+def _advisory_waiters() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            " AND pid <> pg_backend_pid()"
+        )
+        return cursor.fetchone()[0]

@@ -131,3 +131,27 @@ def test_a_prepared_statement_lost_under_the_engine_costs_a_retry_and_ends_prepa
     # The process prepares no more: the retry and the later steps ran unprepared.
     run_of(2)
     assert prepared() == []
+
+
+def test_psycopg_keeps_the_parsed_form_of_every_hot_statement(monkeypatch):
+    """psycopg parses a statement longer than 4096 bytes, or with more than 50
+    parameters, again at every execution (``runstore_pg._compact``); the claim was longer
+    once. Here every statement of a send, a claim (free and in a concurrency group), a
+    step and a run's end is parsed from psycopg's cache after its first time."""
+    from psycopg import _queries
+
+    parsed_again: list[str] = []
+    for name in ("_query2pg_nocache", "_query2pg_client_nocache"):
+        original = getattr(_queries, name)
+
+        def counting(query, encoding, _original=original):
+            parsed_again.append(bytes(query).decode()[:120])
+            return _original(query, encoding)
+
+        monkeypatch.setattr(_queries, name, counting)
+    run_of(2)
+    run_of(2)
+    first, second = start("flow/one", {"seconds": 0}), start("flow/one", {"seconds": 0})
+    assert engine.execute(first.pk) == RunStatus.COMPLETED
+    assert engine.execute(second.pk) == RunStatus.COMPLETED
+    assert parsed_again == []

@@ -9,8 +9,6 @@ it under the emitters' lock and writes both rows only if none is, in one transac
 if one is, nothing is written and the run ends the ordinary way, which resolves it.
 """
 
-import threading
-
 import pytest
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
@@ -18,8 +16,8 @@ from django.utils import timezone
 
 from eventbus import bus
 from eventbus.models import Event, EventStatus
+from tests.conftest import racing_a_wait
 from tests.conftest import start_run as start
-from tests.conftest import wait_until
 from workflows import engine, lifecycle, registry, runstore_pg, waits, workflow
 from workflows.models import RunStatus, StepStatus, WorkflowRun
 
@@ -167,55 +165,22 @@ def test_a_wait_recorded_while_the_run_ends_is_resolved():
         seen = ctx.step.wait_for_event("done", lifecycle.RUN_FINISHED, timeout="1h")
         return {"seen": seen.data["run_id"] if seen else None}
 
-    threads: list[threading.Thread] = []
     results: dict[str, str] = {}
     run = start("test/loop", {"n": 1})
-    original = waits.record_event_wait
 
-    def end_before_commit(*args, **kwargs):
-        result = original(*args, **kwargs)
-
-        def ender():
-            try:
-                results["outcome"] = engine.execute(run.pk)
-            finally:
-                connection.close()
-
-        thread = threading.Thread(target=ender)
-        thread.start()
-        threads.append(thread)
-        wait_until(
-            lambda: _advisory_waiters() > 0,
-            timeout=30,
-            interval=0.005,
-            what="the run's end to wait for the waiter's lock",
-        )
-        return result
+    def end() -> None:
+        results["outcome"] = engine.execute(run.pk)
 
     try:
         waiting = start("quiet/late-watch")
-        waits.record_event_wait = end_before_commit
-        try:
+        with racing_a_wait(end, what="the run's end to wait for the waiter's lock"):
             assert engine.execute(waiting.pk) == "suspended"
-        finally:
-            waits.record_event_wait = original
-        for thread in threads:
-            thread.join(30)
         assert results == {"outcome": RunStatus.COMPLETED}
         assert engine.execute(waiting.pk) == RunStatus.COMPLETED
         waiting.refresh_from_db()
         assert waiting.output == {"seen": str(run.pk)}
     finally:
         registry.unregister("q-late-watcher")
-
-
-def _advisory_waiters() -> int:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-            " AND pid <> pg_backend_pid()"
-        )
-        return cursor.fetchone()[0]
 
 
 def test_a_run_holding_a_concurrency_slot_ends_the_ordinary_way_and_hands_it_on():

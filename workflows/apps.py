@@ -33,4 +33,5 @@ class WorkflowsConfig(AppConfig):
         lifecycle.skippable_subscriber(subscribers.resolve_waits)
         # Scheduled events are emitted on the broker's clock once their ts is near.
         bus.set_timer(doorbell.EventTimer())
+        bus.set_shortcut(subscribers.start_quietly)
         registry.autodiscover()

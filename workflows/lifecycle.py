@@ -237,7 +237,8 @@ def skippable_subscriber(handler: Any) -> None:
     """Let the end of a run skip the event-bus handler ``handler`` when it stores its
     ``run.finished`` (see :func:`_ends_quietly`): the engine's own two (``apps.ready``),
     which have no work for that event when no workflow is triggered by it and no wait
-    is recorded for it. Any other handler makes every end deliver it."""
+    is recorded for it. Any other handler makes every end deliver it (and every
+    ``send`` deliver its event: see :func:`workflows.subscribers.start_quietly`)."""
     _skippable.add(handler)
 
 
@@ -256,6 +257,12 @@ def _ends_quietly(run: WorkflowRun) -> bool:
     wf = _registered(run.workflow_id)
     if wf is None or wf.cancel_on or registry.subscribers(RUN_FINISHED):
         return False
+    return only_skippable_subscribers()
+
+
+def only_skippable_subscribers() -> bool:
+    """Whether every handler of the event bus is one of the engine's own that may be
+    skipped when nothing waits for an event (:func:`skippable_subscriber`)."""
     return _skippable.issuperset(bus.subscribers())
 
 

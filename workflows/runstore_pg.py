@@ -187,6 +187,15 @@ def _cursor_classes() -> tuple[type, type]:
     return _classes
 
 
+def _compact(sql: str) -> str:
+    """``sql`` without its indentation and empty lines. psycopg keeps the parsed form of
+    a statement of at most ``MAX_CACHED_STATEMENT_LENGTH`` bytes (4096) with at most
+    ``MAX_CACHED_STATEMENT_PARAMS`` parameters (50), and parses a longer one again at
+    every execution (a fifth of a claim's time in Python when the claim was longer):
+    the engine's statements stay within both (``tests/test_prepared_statements.py``)."""
+    return "\n".join(line.strip() for line in sql.splitlines() if line.strip())
+
+
 def _columns(model: type, alias: str) -> str:
     return ", ".join(f'{alias}."{f.column}"' for f in model._meta.concrete_fields)
 
@@ -291,10 +300,12 @@ def _claim_statement(kind: str, relaxed: bool = False) -> tuple[str, dict[str, A
                 started_at = COALESCE("{runs}".started_at, %(now)s),
                 lost_executions = "{runs}".lost_executions
                     + CASE WHEN "{runs}".status = '{RunStatus.RUNNING}' THEN 1 ELSE 0 END
-            FROM (SELECT status, started_at FROM "{runs}" WHERE id = %(id)s) AS old
+            FROM (
+                SELECT status AS old_status, started_at AS old_started
+                FROM "{runs}" WHERE id = %(id)s
+            ) AS old
             WHERE "{runs}".id = %(id)s AND ({runnable})
-            RETURNING {_columns(WorkflowRun, f'"{runs}"')},
-                old.status AS old_status, old.started_at AS old_started
+            RETURNING {_column_list(WorkflowRun._meta.concrete_fields)}, old_status, old_started
         ), closed AS (
             UPDATE "{StepResult._meta.db_table}"
             SET status = '{StepStatus.COMPLETED}', finished_at = %(now)s
@@ -310,7 +321,7 @@ def _claim_statement(kind: str, relaxed: bool = False) -> tuple[str, dict[str, A
         JOIN "{event_model._meta.db_table}" AS e ON e.id = claimed.event_id
         JOIN "{workspace_model._meta.db_table}" AS w ON w.id = claimed.workspace_id"""
         _claim_sql[kind, relaxed] = (
-            sql,
+            _compact(sql),
             constants,
             _loader(WorkflowRun),
             _loader(event_model),
@@ -572,10 +583,6 @@ def finish_with_event(
         event_model = WorkflowRun._meta.get_field("event").related_model
         runs = WorkflowRun._meta.db_table
         fields = list(event_model._meta.concrete_fields)
-        casts = ", ".join(
-            f"CAST(%(e{n})s AS {f.cast_db_type(connection)})" for n, f in enumerate(fields)
-        )
-        columns = ", ".join(f'"{f.column}"' for f in fields)
         sql = f"""SELECT pg_advisory_xact_lock_shared(%(lock)s);
         WITH {_relaxed_cte()}waited AS (
             SELECT {_waited()} AS found
@@ -586,13 +593,13 @@ def finish_with_event(
             WHERE id = %(id)s AND {_OURS_RUNNING} AND NOT waited.found
             RETURNING "{runs}".id
         ), stored AS (
-            INSERT INTO "{event_model._meta.db_table}" ({columns})
-            SELECT {casts} FROM ended RETURNING 1
+            INSERT INTO "{event_model._meta.db_table}" ({_column_list(fields)})
+            SELECT {_casts(fields, "e")} FROM ended RETURNING 1
         )
         SELECT waited.found, (SELECT count(*) FROM stored) FROM waited"""
-        _finish_with_event_sql = (sql, fields)
+        _finish_with_event_sql = (_compact(sql), fields)
     sql, fields = _finish_with_event_sql
-    params = {f"e{n}": value for n, value in enumerate(_insert_values(event, fields, connection))}
+    params = _named(_insert_values(event, fields, connection), "e")
     params.update(
         lock=lock_key,
         workspace=event.workspace_id,
@@ -611,6 +618,84 @@ def finish_with_event(
     if stored:
         _saved(event, connection)
     return bool(stored)
+
+
+_store_with_runs_sql: dict[int, tuple[str, list[Any], list[Any]]] = {}
+
+
+def store_with_runs(event: Any, runs: list[WorkflowRun], lock_key: int) -> bool:
+    """Store the emitted ``event`` and the new queued ``runs`` it starts, unless a wait
+    for the event's name is recorded in its workspace or the workflow of one of the
+    runs is paused there.
+
+    Outside a transaction: one round trip of two statements, which PostgreSQL runs as
+    one transaction (its commit waits for the disk, as a ``send`` must). The first takes
+    the emitters' shared lock ``lock_key`` (see :mod:`workflows.waits`), so the second,
+    whose snapshot comes after it, sees every wait recorded before; a wait recorded
+    after it waits for the commit and then finds the event stored. ``True``: stored;
+    ``False``: nothing was written (store the event the ordinary way, which resolves
+    the wait or records the skip of the paused workflow).
+    """
+    if len(runs) not in _store_with_runs_sql:
+        event_model = WorkflowRun._meta.get_field("event").related_model
+        event_fields = list(event_model._meta.concrete_fields)
+        run_fields = list(WorkflowRun._meta.concrete_fields)
+        sql = f"""SELECT pg_advisory_xact_lock_shared(%(lock)s);
+        WITH held AS (
+            SELECT {_waited()} OR EXISTS (
+                SELECT 1 FROM "{models.PausedWorkflow._meta.db_table}"
+                WHERE workflow_id = ANY(CAST(%(workflows)s AS text[]))
+                    AND (workspace_id IS NULL OR workspace_id = %(workspace)s)
+            ) AS found
+        ), stored AS (
+            INSERT INTO "{event_model._meta.db_table}" ({_column_list(event_fields)})
+            SELECT {_casts(event_fields, "e")} FROM held WHERE NOT held.found RETURNING 1
+        )"""
+        if runs:
+            rows = " UNION ALL ".join(
+                f"SELECT {_casts(run_fields, f'r{k}_')} FROM stored" for k in range(len(runs))
+            )
+            sql += f""", started AS (
+            INSERT INTO "{WorkflowRun._meta.db_table}" ({_column_list(run_fields)}) {rows}
+            RETURNING 1
+        )"""
+        sql += "\n        SELECT count(*) FROM stored"
+        _store_with_runs_sql[len(runs)] = (_compact(sql), event_fields, run_fields)
+    sql, event_fields, run_fields = _store_with_runs_sql[len(runs)]
+    params = _named(_insert_values(event, event_fields, connection), "e")
+    for k, run in enumerate(runs):
+        params.update(_named(_insert_values(run, run_fields, connection), f"r{k}_"))
+    params.update(
+        lock=lock_key,
+        workspace=event.workspace_id,
+        name=event.name,
+        workflows=[run.workflow_id for run in runs],
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        next_result(cursor)  # past the lock
+        (stored,) = cursor.fetchone()
+    if not stored:
+        return False
+    for row in (event, *runs):
+        _saved(row, connection)
+    return True
+
+
+def _column_list(fields: list[Any]) -> str:
+    return ", ".join(f'"{f.column}"' for f in fields)
+
+
+def _casts(fields: list[Any], prefix: str) -> str:
+    """The named parameters ``%(<prefix><n>)s`` of ``fields``, each cast to its column's
+    type (a value of an ``INSERT … SELECT`` has no column to take its type from)."""
+    return ", ".join(
+        f"CAST(%({prefix}{n})s AS {f.cast_db_type(connection)})" for n, f in enumerate(fields)
+    )
+
+
+def _named(values: list[Any], prefix: str) -> dict[str, Any]:
+    return {f"{prefix}{n}": value for n, value in enumerate(values)}
 
 
 def _waited() -> str:

@@ -2,14 +2,15 @@
 
 Both are called by :mod:`eventbus.bus` inside the transaction that emits the events
 (registered in :meth:`workflows.apps.WorkflowsConfig.ready`), so a run or a resolved
-wait exists only if the event does.
+wait exists only if the event does. :func:`start_quietly` is the bus's shortcut for an
+event sent alone that needs nothing of either but its runs stored.
 """
 
 from django.db import connection
 from django.utils import timezone
 
 from eventbus.models import Event
-from workflows import gates, lifecycle, registry, runstore_pg, waits
+from workflows import doorbell, gates, lifecycle, registry, runstore_pg, waits
 from workflows.models import (
     EventSkip,
     PausedWorkflow,
@@ -60,3 +61,32 @@ def resolve_waits(events: list[Event]) -> None:
             lifecycle.cancel(wait.run_id, reason=f"cancelled by event {event.name!r} ({event.id})")
         else:
             waits.resolve(wait, StepStatus.COMPLETED, output={"event": data})
+
+
+def start_quietly(event: Event) -> bool:
+    """Store ``event``, sent alone and emitted at once, with the runs it starts, in one
+    round trip; whether it did (the event bus's shortcut, :func:`eventbus.bus.set_shortcut`).
+
+    What :func:`start_runs` and :func:`resolve_waits` would do, when that is only
+    storing new queued runs: on PostgreSQL, outside a transaction, while the bus has no
+    subscriber but the engine's own, for an event whose workflows have no flow control,
+    no admission options and no ``cancel_on``. One statement stores the event and the
+    runs unless a wait for the event is recorded in its workspace or one of the
+    workflows is paused there (:func:`runstore_pg.store_with_runs`); then nothing is
+    written and the bus stores and delivers the event the ordinary way, which resolves
+    the wait or records the skip. A worker is rung for the runs once they are stored.
+    """
+    if connection.vendor != "postgresql" or connection.in_atomic_block:
+        return False
+    if not lifecycle.only_skippable_subscribers():
+        return False
+    workflows = registry.subscribers(event.name)
+    if any(wf.flow or wf.admission or wf.cancel_on for wf in workflows):
+        return False
+    now = timezone.now()
+    runs = [lifecycle.new_run(event, wf, now=now) for wf in workflows]
+    key = waits.emitter_lock_key(event.workspace_id, event.name)
+    if not runstore_pg.store_with_runs(event, runs, key):
+        return False
+    doorbell.ring(run.pk for run in runs)
+    return True

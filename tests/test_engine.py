@@ -71,7 +71,9 @@ def cost_of_a_run(steps: int) -> dict:
     statements = [q["sql"] for q in queries]
     return {
         "memo selects": sum(
-            1 for sql in statements if sql.startswith("SELECT") and "workflows_stepresult" in sql
+            1
+            for sql in statements
+            if sql.startswith("SELECT") and 'FROM "workflows_stepresult"' in sql
         ),
         "commits": statements.count("COMMIT"),
         "statements": sum(1 for sql in statements if not sql.startswith(("BEGIN", "COMMIT"))),
@@ -86,9 +88,9 @@ def test_memos_load_in_one_query_and_each_new_step_costs_one_transaction():
     # A transactional database, as a worker has: no test transaction around the run, so
     # PostgreSQL takes its single-statement fast paths (claim, fenced memo insert) and
     # each transaction the engine opens really commits.
-    # The first step on a connection prepares the memo's statement (PostgreSQL): one
-    # more server transaction, once.
-    cost_of_a_run(1)
+    # The first memo stored alone on a connection prepares its statement (PostgreSQL):
+    # one more server transaction, once (a run's last memo is stored with its end).
+    cost_of_a_run(2)
     small, large = cost_of_a_run(10), cost_of_a_run(20)
     for cost in (small, large):
         # A fresh run: PostgreSQL's claim says it never started, so it has no memo to
@@ -96,10 +98,11 @@ def test_memos_load_in_one_query_and_each_new_step_costs_one_transaction():
         assert cost["memo selects"] == (0 if connection.vendor == "postgresql" else 1), cost
         assert cost["savepoints"] == 0, cost  # no transaction around us to nest in
     if connection.vendor == "postgresql":
-        # Counted by the server: the claim, one per new step and the end of the run; ten
-        # more steps cost exactly ten more, each one fenced statement.
+        # Counted by the server: the claim, one per new step but the last, and the end of
+        # the run, which stores the last step's memo too; ten more steps cost exactly ten
+        # more, each one fenced statement.
         assert large["server transactions"] - small["server transactions"] == 10, (small, large)
-        assert small["server transactions"] == 10 + 2, small
+        assert small["server transactions"] == 1 + 9 + 1, small
         assert large["statements"] - small["statements"] == 10, (small, large)
     else:
         # SQLite: each step's fence (UPDATE) and memo (INSERT) in one explicit transaction.

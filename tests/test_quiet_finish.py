@@ -19,7 +19,8 @@ from eventbus.models import Event, EventStatus
 from tests.conftest import racing_a_wait
 from tests.conftest import start_run as start
 from workflows import engine, lifecycle, registry, runstore_pg, waits, workflow
-from workflows.models import RunStatus, StepStatus, WorkflowRun
+from workflows.execution import Execution
+from workflows.models import RunStatus, StepResult, StepStatus, WorkflowRun
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),  # as a worker: no test transaction around it
@@ -32,22 +33,23 @@ def finished_events(run: WorkflowRun) -> list[Event]:
 
 
 def ending(run: WorkflowRun) -> tuple[str, list[str]]:
-    """Execute ``run``; its outcome and the statements its ``lifecycle.finish`` sent."""
+    """Execute ``run``; its outcome and the statements its end sent (``Execution.complete``:
+    the last step's memo, held back, and the run's end)."""
     captured: list[str] = []
-    original = lifecycle.finish
+    original = Execution.complete
 
-    def finish(*args, **kwargs):
+    def complete(*args, **kwargs):
         with CaptureQueriesContext(connection) as queries:
             try:
                 return original(*args, **kwargs)
             finally:
                 captured.extend(q["sql"] for q in queries.captured_queries)
 
-    lifecycle.finish = finish
+    Execution.complete = complete
     try:
         return engine.execute(run.pk), captured
     finally:
-        lifecycle.finish = original
+        Execution.complete = original
 
 
 def test_a_completed_run_nobody_listens_for_ends_with_its_event_in_one_round_trip():
@@ -57,8 +59,13 @@ def test_a_completed_run_nobody_listens_for_ends_with_its_event_in_one_round_tri
     assert len(statements) == 1, statements
     assert "pg_advisory_xact_lock_shared" in statements[0]
     assert 'INSERT INTO "eventbus_event"' in statements[0]
+    assert 'INSERT INTO "workflows_stepresult"' in statements[0]  # the last step's memo
     run.refresh_from_db()
     assert run.status == RunStatus.COMPLETED and run.output == {"total": 1}
+    assert list(run.steps.order_by("position").values_list("step_id", "status")) == [
+        ("add", StepStatus.COMPLETED),
+        ("add", StepStatus.COMPLETED),
+    ]
     assert run.lease_owner is None and run.finished_at is not None
     (event,) = finished_events(run)
     assert event.status == EventStatus.EMITTED and event.emitted_at is not None
@@ -84,6 +91,7 @@ def test_a_wait_for_run_finished_sends_the_end_the_ordinary_way_and_is_resolved(
         # The one statement found the wait and wrote nothing; the ordinary end followed.
         assert len(statements) > 1 and "pg_advisory_xact_lock_shared" in statements[0]
         assert len(finished_events(run)) == 1
+        assert run.steps.filter(status=StepStatus.COMPLETED).count() == 1  # memo stored too
         waiting.refresh_from_db()
         assert waiting.steps.get(step_id="done").status == StepStatus.COMPLETED
         assert engine.execute(waiting.pk) == RunStatus.COMPLETED
@@ -192,3 +200,62 @@ def test_a_run_holding_a_concurrency_slot_ends_the_ordinary_way_and_hands_it_on(
     second.refresh_from_db()
     assert second.status == RunStatus.QUEUED and second.held_by == ""  # handed the slot
     assert engine.execute(second.pk) == RunStatus.COMPLETED
+
+
+def test_a_held_memo_is_stored_before_the_next_step_begins():
+    seen: list[int] = []
+
+    @workflow(id="q-two", trigger="quiet/two")
+    def two(ctx):
+        ctx.step.run("first", lambda: 1)
+        # Only the workflow's own code has run since: the memo is still held back.
+        seen.append(StepResult.objects.filter(run_id=ctx.run_id).count())
+        ctx.step.run(
+            "second",
+            lambda: seen.append(
+                StepResult.objects.filter(run_id=ctx.run_id, step_id="first").count()
+            ),
+        )
+        return "done"
+
+    try:
+        run = start("quiet/two")
+        assert engine.execute(run.pk) == RunStatus.COMPLETED
+    finally:
+        registry.unregister("q-two")
+    assert seen == [0, 1]
+    assert run.steps.count() == 2
+
+
+def test_a_run_that_fails_after_its_last_step_keeps_that_steps_memo():
+    @workflow(id="q-fails-after", trigger="quiet/fails-after", retries=0)
+    def fails_after(ctx):
+        ctx.step.run("ran", lambda: "ok")
+        raise ValueError("after the step")
+
+    try:
+        run = start("quiet/fails-after")
+        assert engine.execute(run.pk) == RunStatus.FAILED
+    finally:
+        registry.unregister("q-fails-after")
+    run.refresh_from_db()
+    assert run.error["message"] == "after the step"
+    assert run.steps.get().status == StepStatus.COMPLETED
+
+
+def test_a_run_cancelled_after_its_last_step_keeps_that_steps_memo():
+    @workflow(id="q-cancelled-after", trigger="quiet/cancelled-after")
+    def cancelled_after(ctx):
+        ctx.step.run("ran", lambda: "ok")
+        lifecycle.cancel(ctx.run_id, reason="cancelled before its end")  # as from the admin
+        return "never stored"
+
+    try:
+        run = start("quiet/cancelled-after")
+        assert engine.execute(run.pk) == "cancelled"
+    finally:
+        registry.unregister("q-cancelled-after")
+    run.refresh_from_db()
+    assert run.status == RunStatus.CANCELLED and run.output is None
+    assert run.steps.get().status == StepStatus.COMPLETED
+    assert len(finished_events(run)) == 1

@@ -31,7 +31,9 @@ def workspace_reads(queries: CaptureQueriesContext) -> int:
 
 def memo_reads(queries: CaptureQueriesContext) -> int:
     return sum(
-        1 for q in queries if q["sql"].startswith("SELECT") and '"workflows_stepresult"' in q["sql"]
+        1
+        for q in queries
+        if q["sql"].startswith("SELECT") and 'FROM "workflows_stepresult"' in q["sql"]
     )
 
 

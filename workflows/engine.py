@@ -97,12 +97,8 @@ def _execute(run: WorkflowRun, token: str, keep_lease_alive: bool) -> str:
             if lifecycle.finish(run, token, RunStatus.COMPLETED, output=result):
                 return "completed"
             return "cancelled"
-        except RunCancelled:
-            ctx.logger.info("cancelled while running; stopped")
-            return "cancelled"
-        except LeaseLost:
-            ctx.logger.warning("lease lost to another worker; stopped")
-            return "lost"
+        except (RunCancelled, LeaseLost) as exc:
+            return _stopped(ctx, exc)
         except EngineInterrupt as exc:
             ctx.logger.error("could not store a step (%s); the run will be resumed", exc)
             raise
@@ -124,10 +120,23 @@ def _execute(run: WorkflowRun, token: str, keep_lease_alive: bool) -> str:
             output = to_json(result, f"the return value of workflow {wf.id!r}")
         except ValueError as exc:
             return _fail(execution, ValueError(f"{exc}; return JSON-serialisable data"))
-        if lifecycle.finish(run, token, RunStatus.COMPLETED, output=output):
+        try:
+            completed = execution.complete(output)  # with the last step's memo, if held
+        except (RunCancelled, LeaseLost) as exc:
+            return _stopped(ctx, exc)
+        if completed:
             ctx.logger.info("completed")
             return "completed"
         return "cancelled"
+
+
+def _stopped(ctx: Context, exc: RunCancelled | LeaseLost) -> str:
+    """The outcome of an execution stopped because the run is no longer ours."""
+    if isinstance(exc, RunCancelled):
+        ctx.logger.info("cancelled while running; stopped")
+        return "cancelled"
+    ctx.logger.warning("lease lost to another worker; stopped")
+    return "lost"
 
 
 def _check_timeouts(run: WorkflowRun, wf: registry.Workflow) -> str | None:
@@ -147,6 +156,12 @@ def _check_timeouts(run: WorkflowRun, wf: registry.Workflow) -> str | None:
 
 
 def _fail(execution: Execution, exc: BaseException) -> str:
+    try:
+        execution.store_held()  # the last step's memo, if held back: it ran
+    except RunCancelled:
+        return "cancelled"
+    except LeaseLost:
+        return "lost"
     error = describe(exc)
     step_id = getattr(exc, "step_id", "")
     if step_id:

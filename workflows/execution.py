@@ -24,7 +24,7 @@ from django.db.models import Case, F, JSONField, Value, When
 from django.utils import timezone
 
 from eventbus import validation
-from workflows import conf, doorbell, memo, registry, runstore, telemetry
+from workflows import conf, doorbell, lifecycle, memo, registry, runstore, telemetry
 from workflows.exceptions import (
     EngineInterrupt,
     NestedStepError,
@@ -32,7 +32,7 @@ from workflows.exceptions import (
     StepError,
     StepUsageError,
 )
-from workflows.models import StepKind, StepResult, StepStatus, WorkflowRun
+from workflows.models import RunStatus, StepKind, StepResult, StepStatus, WorkflowRun
 
 
 class RunLogger(logging.LoggerAdapter):
@@ -140,6 +140,10 @@ class Execution:
         #: try of a step's function took (for spans and ``workflows_step_duration_seconds``).
         self._began = 0.0
         self._try_seconds: float | None = None
+        #: A completed step's memo not stored yet, with how long its try took (see
+        #: :meth:`save`'s ``hold``), and whether this run may hold one back.
+        self._held: tuple[StepResult, float] | None = None
+        self._may_hold: bool | None = None
 
     # --- beginning a step -----------------------------------------------------------
     def begin(self, call: str, step_id: Any, kind: str) -> tuple[str, int, StepResult | None]:
@@ -156,6 +160,7 @@ class Execution:
                 "workflow function"
             )
         memo.check_step_id(step_id, call)
+        self.store_held()  # the step before is stored before this one begins
         self.logger.extra["step_id"] = step_id  # the step the workflow is in
         self._began = time.monotonic()
         key, position = self._counter.next(step_id)
@@ -320,6 +325,7 @@ class Execution:
         then: Callable[[], None] | None = None,
         keep_if_cancelled: bool = False,
         suspend: tuple[str, datetime] | None = None,
+        hold: bool = False,
     ) -> None:
         """Store ``row`` fenced by the lease, and remember it for the rest of the run.
 
@@ -327,7 +333,20 @@ class Execution:
         ``keep_if_cancelled`` keeps the memo of a step body that already ran if the run
         was cancelled meanwhile. ``suspend=(status, until)`` releases the run in the same
         transaction and rings for it at ``until``.
+
+        ``hold`` (a completed ``step.run``, whose body already ran): in a run that can end
+        quietly (:func:`workflows.lifecycle.ends_quietly`), the memo is held back until
+        the workflow goes on: stored before the next step begins or anything else is
+        written (:meth:`store_held`), or, if the workflow returns first, in the same
+        transaction as the run's end (:meth:`complete`), one commit instead of two.
+        Meanwhile only the workflow's own code runs; a worker that dies then runs the
+        step again, as one that dies before a memo is stored always does.
         """
+        self.store_held()
+        if hold and self._holds(row):
+            self._held = (row, self._duration(row))
+            self.remember(row)
+            return
         released = None
         if suspend is not None:
             status, until = suspend
@@ -350,14 +369,58 @@ class Execution:
 
     def _recorded(self, row: StepResult) -> None:
         """A step's execution ended with ``row`` saved: its span, signal and counts."""
-        now = time.monotonic()
+        telemetry.step_recorded(self.run, row, self._duration(row))
+
+    def _duration(self, row: StepResult) -> float:
+        """How long the step's execution took; its span, for a step other than ``run``."""
         if row.kind == StepKind.RUN and self._try_seconds is not None:
             seconds = self._try_seconds  # its span is step.run's own (steps.run_body)
         else:
-            seconds = now - self._began
+            seconds = time.monotonic() - self._began
             telemetry.recorded_span(row, time.time_ns() - int(seconds * 1e9))
         self._try_seconds = None
-        telemetry.step_recorded(self.run, row, seconds)
+        return seconds
+
+    def _holds(self, row: StepResult) -> bool:
+        """Whether ``row`` may be held back (see :meth:`save`): a new memo, stored by the
+        fast path of :func:`runstore.save_step` if it were stored now."""
+        if self._may_hold is None:
+            self._may_hold = lifecycle.ends_quietly(self.run)
+        return (
+            self._may_hold
+            and row.pk is None
+            and self.lost == 0
+            and not transaction.get_connection().in_atomic_block
+            and runstore.fresh(self.token)
+        )
+
+    def store_held(self) -> None:
+        """Store the memo held back (see :meth:`save`), if any, as :meth:`save` would
+        have: fenced by the lease, kept if the run was cancelled meanwhile."""
+        held, self._held = self._held, None
+        if held is not None:
+            row, seconds = held
+            self.guard(runstore.save_step, self.run.pk, self.token, row, keep_if_cancelled=True)
+            telemetry.step_recorded(self.run, row, seconds)
+
+    def complete(self, output: Any) -> bool:
+        """End the run as completed with ``output`` (JSON); ``False`` if it was not ours
+        to end (cancelled meanwhile). A memo held back is stored in the same transaction
+        as the end when the run ends quietly; otherwise first, as :meth:`store_held`
+        does (which may raise :class:`RunCancelled` or :class:`LeaseLost`)."""
+        if self._held is not None:
+            row, seconds = self._held
+            if lifecycle.finish_with_memo(
+                self.run,
+                self.token,
+                output,
+                row,
+                recorded=lambda: telemetry.step_recorded(self.run, row, seconds),
+            ):
+                self._held = None
+                return True
+            self.store_held()
+        return lifecycle.finish(self.run, self.token, RunStatus.COMPLETED, output=output)
 
     def remember(self, row: StepResult) -> None:
         """Use ``row`` as the step's memo for the rest of this execution."""
@@ -369,6 +432,7 @@ class Execution:
     def suspend(self, status: str, until: datetime | None) -> None:
         """Release the run into ``status`` (sleeping or waiting) until ``until`` (or an
         arrival, when ``None``); ring for it at ``until``."""
+        self.store_held()
         due = self.due(until) if until is not None else None
         self.guard(runstore.suspend, self.run.pk, self.token, status, until, due)
         if until is not None:
@@ -394,9 +458,10 @@ class Execution:
         except DatabaseError as exc:
             raise EngineInterrupt(exc) from exc
 
-    @staticmethod
-    def atomic() -> GuardedAtomic:
-        """A transaction whose database errors become :class:`EngineInterrupt`."""
+    def atomic(self) -> GuardedAtomic:
+        """A transaction whose database errors become :class:`EngineInterrupt` (a memo
+        held back is stored first)."""
+        self.store_held()
         return GuardedAtomic()
 
     # --- outcomes -------------------------------------------------------------------

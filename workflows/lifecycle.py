@@ -24,7 +24,7 @@ either.
 
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -36,7 +36,7 @@ from eventbus.exceptions import EventError
 from eventbus.models import Event, EventStatus
 from workflows import doorbell, flowcontrol, registry, runstore, slots, telemetry, waits
 from workflows.exceptions import UnknownWorkflowError
-from workflows.models import ACTIVE_STATUSES, RunStatus, Wait, WorkflowRun
+from workflows.models import ACTIVE_STATUSES, RunStatus, StepResult, Wait, WorkflowRun
 from workflows.payloads import event_dict
 
 logger = logging.getLogger("workflows.lifecycle")
@@ -217,7 +217,7 @@ def finish(
     run: WorkflowRun, token: str, status: str, *, output: Any = None, error: Any = None
 ) -> bool:
     """End the run we own as completed or failed, with everything that follows from it."""
-    if status == RunStatus.COMPLETED and _ends_quietly(run):
+    if status == RunStatus.COMPLETED and ends_quietly(run):
         quietly = _finish_quietly(run, token, output)
         if quietly is not None:
             return quietly
@@ -235,14 +235,14 @@ _skippable: set[Any] = set()
 
 def skippable_subscriber(handler: Any) -> None:
     """Let the end of a run skip the event-bus handler ``handler`` when it stores its
-    ``run.finished`` (see :func:`_ends_quietly`): the engine's own two (``apps.ready``),
+    ``run.finished`` (see :func:`ends_quietly`): the engine's own two (``apps.ready``),
     which have no work for that event when no workflow is triggered by it and no wait
     is recorded for it. Any other handler makes every end deliver it (and every
     ``send`` deliver its event: see :func:`workflows.subscribers.start_quietly`)."""
     _skippable.add(handler)
 
 
-def _ends_quietly(run: WorkflowRun) -> bool:
+def ends_quietly(run: WorkflowRun) -> bool:
     """Whether the completion of ``run`` needs nothing but its row and its
     ``run.finished`` event, unless a wait for that event exists (which the one statement
     of :func:`_finish_quietly` finds out): on PostgreSQL, outside a transaction, a run
@@ -266,17 +266,36 @@ def only_skippable_subscribers() -> bool:
     return _skippable.issuperset(bus.subscribers())
 
 
-def _finish_quietly(run: WorkflowRun, token: str, output: Any) -> bool | None:
-    """Complete ``run`` and store its ``run.finished`` event in one round trip
-    (:func:`runstore.finish_with_event`); ``None`` if that cannot be (concurrency slots
-    to hand on, a wait for the event) and nothing was written: the caller ends the run
-    the ordinary way."""
+def finish_with_memo(
+    run: WorkflowRun, token: str, output: Any, memo: StepResult, recorded: Callable[[], None]
+) -> bool:
+    """Complete ``run``, store ``memo`` (its last step's, held back) and its
+    ``run.finished`` event in one transaction, if the run ends quietly
+    (:func:`ends_quietly`); whether it did. Once committed, ``recorded`` (the step's
+    counts and signal) is called before the run's end is counted and signalled.
+    ``False``: nothing was written (store the memo, then :func:`finish` the run)."""
+    return ends_quietly(run) and _finish_quietly(run, token, output, memo, recorded) is True
+
+
+def _finish_quietly(
+    run: WorkflowRun,
+    token: str,
+    output: Any,
+    memo: StepResult | None = None,
+    recorded: Callable[[], None] | None = None,
+) -> bool | None:
+    """Complete ``run`` and store its ``run.finished`` event (and ``memo``) in one round
+    trip (:func:`runstore.finish_with_event`); ``None`` if that cannot be (concurrency
+    slots to hand on, a wait for the event) and nothing was written: the caller ends the
+    run the ordinary way."""
     previous = run.status, run.output
     run.status, run.output = RunStatus.COMPLETED, output
     row = bus.immediate_row(_spec(RUN_FINISHED, _finished_data(run)), run.workspace)
     key = waits.emitter_lock_key(row.workspace_id, RUN_FINISHED)
-    done = runstore.finish_with_event(run.pk, token, output, row, key)
+    done = runstore.finish_with_event(run.pk, token, output, row, key, memo)
     if done:
+        if recorded is not None:
+            recorded()
         telemetry.run_ended(run)  # committed already: counted and signalled now
     else:
         run.status, run.output = previous

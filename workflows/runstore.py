@@ -54,7 +54,7 @@ def _hold(token: str) -> None:
     _held[token] = time.monotonic() + conf.get().LEASE_SECONDS
 
 
-def _fresh(token: str) -> bool:
+def fresh(token: str) -> bool:
     """Whether more than half of our lease is left, as far as this process knows."""
     ends = _held.get(token)
     return ends is not None and ends - time.monotonic() > conf.get().LEASE_SECONDS / 2
@@ -304,7 +304,7 @@ def save_step(
         and not clear_lost
         and connection.vendor == "postgresql"
         and not connection.in_atomic_block
-        and _fresh(token)
+        and fresh(token)
         and runstore_pg.insert_fenced(memo, run_id, token)
     ):
         return
@@ -439,10 +439,16 @@ def finish(run_id: Any, token: str, status: str, *, output: Any = None, error: A
 
 
 def finish_with_event(
-    run_id: Any, token: str, output: Any, event: Any, lock_key: int
+    run_id: Any,
+    token: str,
+    output: Any,
+    event: Any,
+    lock_key: int,
+    memo: StepResult | None = None,
 ) -> bool | None:
     """On PostgreSQL, outside a transaction: complete the run we own and store ``event``,
-    its ``run.finished``, in one round trip (:func:`runstore_pg.finish_with_event`).
+    its ``run.finished`` (and ``memo``, its last step's, if given) in one round trip
+    (:func:`runstore_pg.finish_with_event`).
 
     ``None`` when that cannot be, and nothing was written: the run holds concurrency
     slots (they are handed on in the transaction that ends it), or a wait for the
@@ -451,7 +457,9 @@ def finish_with_event(
     """
     if token in _groups:
         return None
-    ended = runstore_pg.finish_with_event(run_id, token, output, timezone.now(), event, lock_key)
+    ended = runstore_pg.finish_with_event(
+        run_id, token, output, timezone.now(), event, lock_key, memo
+    )
     if ended:
         _let_go(token)
     elif ended is False:

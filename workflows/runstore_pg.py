@@ -561,45 +561,68 @@ def finish(run_id: Any, token: str, status: str, output: Any, error: Any, now: d
         return cursor.rowcount == 1
 
 
-_finish_with_event_sql: tuple[str, list[Any]] | None = None
+_finish_with_event_sql: dict[bool, tuple[str, list[Any], list[Any]]] = {}
 
 
 def finish_with_event(
-    run_id: Any, token: str, output: Any, now: datetime, event: Any, lock_key: int
+    run_id: Any,
+    token: str,
+    output: Any,
+    now: datetime,
+    event: Any,
+    lock_key: int,
+    memo: StepResult | None = None,
 ) -> bool | None:
-    """Complete the run we own and store ``event`` (its ``run.finished``), unless a
-    wait for that event's name is recorded in its workspace.
+    """Complete the run we own and store ``event`` (its ``run.finished``), and ``memo``
+    (its last step's, held back until now) if given, unless a wait for that event's
+    name is recorded in its workspace.
 
     Outside a transaction: one round trip of two statements, which PostgreSQL runs as
-    one transaction that commits without waiting for the disk (``RELAXED``). The first
-    takes the emitters' shared lock ``lock_key`` (see :mod:`workflows.waits`), so the
-    second, whose snapshot comes after it, sees every wait recorded before; a wait
-    recorded after it waits for the commit and then finds the event stored. ``True``:
-    ended, event stored; ``False``: not ours to end; ``None``: a wait exists, nothing
-    was written (end the run the ordinary way, which resolves the wait).
+    one transaction; without a memo it commits without waiting for the disk
+    (``RELAXED``), with one it waits, as every memo's commit does. The first takes the
+    emitters' shared lock ``lock_key`` (see :mod:`workflows.waits`), so the second,
+    whose snapshot comes after it, sees every wait recorded before; a wait recorded
+    after it waits for the commit and then finds the event stored. ``True``: ended,
+    event (and memo) stored; ``False``: not ours to end, nothing written; ``None``: a
+    wait exists, nothing was written (end the run the ordinary way, which resolves the
+    wait).
     """
-    global _finish_with_event_sql
-    if _finish_with_event_sql is None:
+    with_memo = memo is not None
+    if with_memo not in _finish_with_event_sql:
         event_model = WorkflowRun._meta.get_field("event").related_model
         runs = WorkflowRun._meta.db_table
         fields = list(event_model._meta.concrete_fields)
+        memo_fields = [f for f in StepResult._meta.concrete_fields if not f.primary_key]
+        relaxed = "" if with_memo else _relaxed_cte()
+        stored_memo = (
+            f""", memo AS (
+            INSERT INTO "{StepResult._meta.db_table}" ({_column_list(memo_fields)})
+            SELECT {_casts(memo_fields, "m")} FROM ended RETURNING id
+        )"""
+            if with_memo
+            else ""
+        )
         sql = f"""SELECT pg_advisory_xact_lock_shared(%(lock)s);
-        WITH {_relaxed_cte()}waited AS (
+        WITH {relaxed}waited AS (
             SELECT {_waited()} AS found
         ), ended AS (
             UPDATE "{runs}" SET status = '{RunStatus.COMPLETED}', output = %(output)s,
                 error = NULL, {_ENDED}
-            FROM relaxed, waited
+            FROM {"waited" if with_memo else "relaxed, waited"}
             WHERE id = %(id)s AND {_OURS_RUNNING} AND NOT waited.found
             RETURNING "{runs}".id
         ), stored AS (
             INSERT INTO "{event_model._meta.db_table}" ({_column_list(fields)})
             SELECT {_casts(fields, "e")} FROM ended RETURNING 1
-        )
-        SELECT waited.found, (SELECT count(*) FROM stored) FROM waited"""
-        _finish_with_event_sql = (_compact(sql), fields)
-    sql, fields = _finish_with_event_sql
+        ){stored_memo}
+        SELECT waited.found, (SELECT count(*) FROM stored),
+            {"(SELECT id FROM memo)" if with_memo else "NULL"}
+        FROM waited"""
+        _finish_with_event_sql[with_memo] = (_compact(sql), fields, memo_fields)
+    sql, fields, memo_fields = _finish_with_event_sql[with_memo]
     params = _named(_insert_values(event, fields, connection), "e")
+    if memo is not None:
+        params.update(_named(_insert_values(memo, memo_fields, connection), "m"))
     params.update(
         lock=lock_key,
         workspace=event.workspace_id,
@@ -612,11 +635,14 @@ def finish_with_event(
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         next_result(cursor)  # past the lock
-        waited, stored = cursor.fetchone()
+        waited, stored, memo_id = cursor.fetchone()
     if waited:
         return None
     if stored:
         _saved(event, connection)
+        if memo is not None:
+            memo.pk = memo_id
+            _saved(memo, connection)
     return bool(stored)
 
 

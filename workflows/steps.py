@@ -117,7 +117,7 @@ def run_body(
             row.status, row.output, row.error = StepStatus.COMPLETED, output, None
             row.attempt, row.wake_at, row.finished_at = attempt, None, now
             row.output_bytes = size
-            ex.save(row, keep_if_cancelled=True)
+            ex.save(row, keep_if_cancelled=True, hold=True)
             ex.output_bytes += size
             return output
         telemetry.step_failed(span, failure)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import User
+from django.db import connection
 from prometheus_client.parser import text_string_to_metric_families
 
 import eventbus
@@ -136,6 +137,7 @@ def test_metrics_count_the_work_of_every_worker_and_signals_fire_once_there(
         what="the counts of all eight runs in /metrics",
     )
     heard = _lines(signal_file)
+    quiet_end = connection.vendor == "postgresql"
     pids = {line["run_id"] for line in heard}
     assert len(pids) == 8
     for run_id in pids:
@@ -145,8 +147,9 @@ def test_metrics_count_the_work_of_every_worker_and_signals_fire_once_there(
         # In the order they happened: one pool process sent all three.
         assert mine == [
             ("run_started", None, "running"),
-            # Its last step's memo was stored with the run's end, in one commit.
-            ("step_finished", "hear", "completed"),
+            # On PostgreSQL its last step's memo was stored with the run's end, in one
+            # commit; elsewhere, in a commit of its own before the end.
+            ("step_finished", "hear", "completed" if quiet_end else "running"),
             ("run_finished", None, "completed"),
         ]
     runs = {r.pk for r in WorkflowRun.objects.all()}

@@ -98,7 +98,7 @@ def _execute(run: WorkflowRun, token: str, keep_lease_alive: bool) -> str:
                 return "completed"
             return "cancelled"
         except (RunCancelled, LeaseLost) as exc:
-            return _stopped(ctx, exc)
+            return _stopped(ctx.logger, exc)
         except EngineInterrupt as exc:
             ctx.logger.error("could not store a step (%s); the run will be resumed", exc)
             raise
@@ -123,19 +123,20 @@ def _execute(run: WorkflowRun, token: str, keep_lease_alive: bool) -> str:
         try:
             completed = execution.complete(output)  # with the last step's memo, if held
         except (RunCancelled, LeaseLost) as exc:
-            return _stopped(ctx, exc)
+            return _stopped(ctx.logger, exc)
         if completed:
             ctx.logger.info("completed")
             return "completed"
         return "cancelled"
 
 
-def _stopped(ctx: Context, exc: RunCancelled | LeaseLost) -> str:
-    """The outcome of an execution stopped because the run is no longer ours."""
+def _stopped(log: logging.LoggerAdapter, exc: RunCancelled | LeaseLost) -> str:
+    """The outcome of an execution stopped because the run is no longer ours (logged
+    on the run's ``log``)."""
     if isinstance(exc, RunCancelled):
-        ctx.logger.info("cancelled while running; stopped")
+        log.info("cancelled while running; stopped")
         return "cancelled"
-    ctx.logger.warning("lease lost to another worker; stopped")
+    log.warning("lease lost to another worker; stopped")
     return "lost"
 
 
@@ -158,10 +159,8 @@ def _check_timeouts(run: WorkflowRun, wf: registry.Workflow) -> str | None:
 def _fail(execution: Execution, exc: BaseException) -> str:
     try:
         execution.store_held()  # the last step's memo, if held back: it ran
-    except RunCancelled:
-        return "cancelled"
-    except LeaseLost:
-        return "lost"
+    except (RunCancelled, LeaseLost) as stopped:
+        return _stopped(execution.logger, stopped)
     error = describe(exc)
     step_id = getattr(exc, "step_id", "")
     if step_id:

@@ -196,6 +196,36 @@ def _compact(sql: str) -> str:
     return "\n".join(line.strip() for line in sql.splitlines() if line.strip())
 
 
+def _column_list(fields: list[Any]) -> str:
+    return ", ".join(f'"{f.column}"' for f in fields)
+
+
+def _casts(fields: list[Any], prefix: str) -> str:
+    """The named parameters ``%(<prefix><n>)s`` of ``fields``, each cast to its column's
+    type (a value of an ``INSERT … SELECT`` has no column to take its type from)."""
+    return ", ".join(
+        f"CAST(%({prefix}{n})s AS {f.cast_db_type(connection)})" for n, f in enumerate(fields)
+    )
+
+
+def _named(values: list[Any], prefix: str) -> dict[str, Any]:
+    return {f"{prefix}{n}": value for n, value in enumerate(values)}
+
+
+def _memo_fields() -> list[Any]:
+    """The fields a memo's ``INSERT`` writes (all but its id, which the table makes)."""
+    return [f for f in StepResult._meta.concrete_fields if not f.primary_key]
+
+
+def _after_lock(sql: str, params: dict[str, Any]) -> tuple:
+    """Execute a message of two statements, an advisory lock and then one whose
+    snapshot follows the lock; the second's row."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        next_result(cursor)  # past the lock
+        return cursor.fetchone()
+
+
 def _columns(model: type, alias: str) -> str:
     return ", ".join(f'{alias}."{f.column}"' for f in model._meta.concrete_fields)
 
@@ -489,7 +519,7 @@ def insert_run(run: WorkflowRun, *, skip_repeats: bool) -> None:
     workflow) constraint refuses is skipped."""
     if skip_repeats not in _run_insert_sql:
         fields = list(WorkflowRun._meta.concrete_fields)
-        columns = ", ".join(f'"{f.column}"' for f in fields)
+        columns = _column_list(fields)
         values = ", ".join(["%s"] * len(fields))
         _run_insert_sql[skip_repeats] = (
             f'INSERT INTO "{WorkflowRun._meta.db_table}" ({columns}) VALUES ({values})'
@@ -510,9 +540,9 @@ def insert_fenced(memo: StepResult, run_id: Any, token: str) -> bool:
     """
     global _insert_sql
     if _insert_sql is None:
-        fields = [f for f in StepResult._meta.concrete_fields if not f.primary_key]
+        fields = _memo_fields()
         casts = ", ".join(f"CAST(%s AS {f.cast_db_type(connection)})" for f in fields)
-        columns = ", ".join(f'"{f.column}"' for f in fields)
+        columns = _column_list(fields)
         _insert_sql = (
             f'INSERT INTO "{StepResult._meta.db_table}" ({columns}) SELECT {casts} '
             f'FROM "{WorkflowRun._meta.db_table}" '
@@ -592,7 +622,7 @@ def finish_with_event(
         event_model = WorkflowRun._meta.get_field("event").related_model
         runs = WorkflowRun._meta.db_table
         fields = list(event_model._meta.concrete_fields)
-        memo_fields = [f for f in StepResult._meta.concrete_fields if not f.primary_key]
+        memo_fields = _memo_fields()
         relaxed = "" if with_memo else _relaxed_cte()
         stored_memo = (
             f""", memo AS (
@@ -632,10 +662,7 @@ def finish_with_event(
         id=run_id,
         token=token,
     )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        next_result(cursor)  # past the lock
-        waited, stored, memo_id = cursor.fetchone()
+    waited, stored, memo_id = _after_lock(sql, params)
     if waited:
         return None
     if stored:
@@ -697,10 +724,7 @@ def store_with_runs(event: Any, runs: list[WorkflowRun], lock_key: int) -> bool:
         name=event.name,
         workflows=[run.workflow_id for run in runs],
     )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        next_result(cursor)  # past the lock
-        (stored,) = cursor.fetchone()
+    (stored,) = _after_lock(sql, params)
     if not stored:
         return False
     for row in (event, *runs):
@@ -708,26 +732,10 @@ def store_with_runs(event: Any, runs: list[WorkflowRun], lock_key: int) -> bool:
     return True
 
 
-def _column_list(fields: list[Any]) -> str:
-    return ", ".join(f'"{f.column}"' for f in fields)
-
-
-def _casts(fields: list[Any], prefix: str) -> str:
-    """The named parameters ``%(<prefix><n>)s`` of ``fields``, each cast to its column's
-    type (a value of an ``INSERT … SELECT`` has no column to take its type from)."""
-    return ", ".join(
-        f"CAST(%({prefix}{n})s AS {f.cast_db_type(connection)})" for n, f in enumerate(fields)
-    )
-
-
-def _named(values: list[Any], prefix: str) -> dict[str, Any]:
-    return {f"{prefix}{n}": value for n, value in enumerate(values)}
-
-
 def _waited() -> str:
     """Whether a wait for the event ``%(name)s`` is recorded in ``%(workspace)s``: the
     emitters' question, asked after their shared lock (:func:`waited_for`,
-    :func:`finish_with_event`)."""
+    :func:`finish_with_event`, :func:`store_with_runs`)."""
     table = models.Wait._meta.db_table
     return (
         f'EXISTS (SELECT 1 FROM "{table}" '
@@ -740,13 +748,10 @@ def waited_for(lock_key: int, workspace_id: Any, name: str) -> bool:
     :mod:`workflows.waits`), then: is any wait for event ``name`` in the workspace
     recorded? One round trip of two statements: the second takes its snapshot after the
     lock is granted, so it sees every wait recorded under the exclusive lock before."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT pg_advisory_xact_lock_shared(%(lock)s); SELECT {_waited()}",
-            {"lock": lock_key, "workspace": workspace_id, "name": name},
-        )
-        next_result(cursor)  # past the lock
-        return cursor.fetchone()[0]
+    return _after_lock(
+        f"SELECT pg_advisory_xact_lock_shared(%(lock)s); SELECT {_waited()}",
+        {"lock": lock_key, "workspace": workspace_id, "name": name},
+    )[0]
 
 
 def pauses_of(workflow_ids: list[str]) -> list[tuple[str, Any]]:

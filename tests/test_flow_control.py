@@ -14,7 +14,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 import eventbus
-from workflows import runstore, workflow
+from workflows import runstore, slots, workflow
 from workflows.models import RunStatus, ThrottleState, WorkflowRun
 from workflows.testing import drain, no_broker
 
@@ -80,6 +80,19 @@ def test_a_claim_told_the_run_was_handed_a_slot_still_asks_and_survives_a_wrong_
     claimed = runstore.claim(plain.pk, uuid.uuid4().hex, shaped=True)
     assert claimed is not None and claimed.status == RunStatus.RUNNING
     assert runstore.claim(plain.pk, uuid.uuid4().hex, shaped=True) is None  # now running
+
+
+def test_what_a_hand_over_read_of_a_run_is_a_hint_the_claim_checks_again():
+    # A run handed a slot by this process is claimed with what the hand-over read of it
+    # (``slots.handed_hint``). Read before another claim took the slot, it admits nothing.
+    first, _ = send("flow/one")
+    second, _ = send("flow/one")
+    slots.remember_handed({"id": second.pk, **{f: getattr(second, f) for f in slots.FIELDS}})
+    assert claim(first)[0] is not None
+    assert claim(second)[0] is None  # the group is full: put back in line
+    second.refresh_from_db()
+    assert second.status == RunStatus.QUEUED and second.held_by == "concurrency wf:f-one"
+    assert slots.handed_hint(second.pk) is None  # a hint serves one claim
 
 
 def test_keys_are_stored_on_the_run_and_groups_are_per_key():

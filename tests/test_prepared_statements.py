@@ -1,10 +1,11 @@
-"""PostgreSQL: the statements that write a step's memo and claim a run are prepared once
-per connection.
+"""PostgreSQL: the statements that write a step's memo, claim a run, store a sent event
+and end a run are prepared once per connection.
 
 Prepared, PostgreSQL plans each once per connection instead of at every step (a third
-of a step's time) and every claim (0.4 ms); behind a pooler in transaction mode nothing
-is prepared, and a prepared statement that goes missing under the engine costs one
-retry, never a run.
+of a step's time) and every claim (0.4 ms); a lock and the statement after it (a send,
+the end of a run, a claim in a concurrency group) go as a pipeline of two prepared
+statements. Behind a pooler in transaction mode nothing is prepared, and a prepared
+statement that goes missing under the engine costs one retry, never a run.
 """
 
 import logging
@@ -14,9 +15,10 @@ import pytest
 from django.db import connection, transaction
 from django.utils import timezone
 
+from eventbus.models import Event
 from tests.conftest import start_run as start
 from workflows import engine, runstore_pg
-from workflows.models import RunStatus
+from workflows.models import RunStatus, WorkflowRun
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),  # as a worker: the fast path, no test transaction
@@ -84,13 +86,38 @@ def test_the_claim_is_prepared_and_its_transaction_still_skips_the_disk_flush():
 
 
 def test_nothing_is_prepared_inside_a_transaction():
-    # A send is one transaction: a prepared statement missing there (a pooler) would
-    # fail the send, where one that is its own transaction is simply run again.
-    for _ in range(3):
-        start("test/loop", {"n": 1})
+    # Inside the caller's transaction a prepared statement missing (a pooler) would fail
+    # the transaction, where one that is its own transaction is simply run again.
+    with transaction.atomic():
+        for _ in range(3):
+            start("test/loop", {"n": 1})
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM pg_prepared_statements")
         assert cursor.fetchone() == (0,)
+
+
+def test_a_send_on_its_own_is_a_pipeline_of_two_prepared_statements():
+    """The emitters' lock, then the statement that stores the event and its runs: sent
+    together, one round trip, each prepared once and then executed by name, and run by
+    PostgreSQL as one transaction (the lock is held until it commits)."""
+    for _ in range(3):
+        start("test/loop", {"n": 1})
+    assert prepared("SELECT pg_advisory_xact_lock_shared(%") == [3]
+    assert prepared("WITH held AS%") == [3]
+
+
+def test_a_pipeline_that_finds_its_statement_lost_is_sent_again_the_other_way(caplog):
+    start("test/loop", {"n": 1})
+    assert prepared("WITH held AS%") == [1]
+    connection.connection.pgconn.exec_(b"DEALLOCATE ALL")  # behind psycopg's back
+    with caplog.at_level(logging.WARNING, logger="workflows.runstore_pg"):
+        run = start("test/loop", {"n": 1})
+    assert run is not None and Event.objects.filter(pk=run.event_id).count() == 1
+    assert WorkflowRun.objects.filter(event_id=run.event_id).count() == 1
+    (warning,) = [r for r in caplog.records if r.name == "workflows.runstore_pg"]
+    assert "PREPARED_STATEMENTS" in warning.getMessage()
+    assert engine.execute(run.pk) == RunStatus.COMPLETED
+    assert prepared("WITH held AS%") == []  # the process prepares no more
 
 
 @pytest.mark.parametrize("how", ["told not to", "behind a pooler"])

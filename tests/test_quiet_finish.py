@@ -9,18 +9,23 @@ it under the emitters' lock and writes both rows only if none is, in one transac
 if one is, nothing is written and the run ends the ordinary way, which resolves it.
 """
 
+import threading
+import uuid
+
 import pytest
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+import eventbus
 from eventbus import bus
 from eventbus.models import Event, EventStatus
-from tests.conftest import racing_a_wait
+from tests.conftest import _advisory_waiters, racing_a_wait, wait_until
 from tests.conftest import start_run as start
-from workflows import engine, lifecycle, registry, runstore_pg, waits, workflow
+from workflows import engine, lifecycle, registry, runstore, runstore_pg, waits, workflow
 from workflows.execution import Execution
 from workflows.models import RunStatus, StepResult, StepStatus, WorkflowRun
+from workflows.testing import no_broker
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),  # as a worker: no test transaction around it
@@ -138,8 +143,9 @@ def test_a_run_that_is_no_longer_ours_is_not_ended_and_stores_no_event():
         lifecycle._spec(lifecycle.RUN_FINISHED, {"run_id": str(run.pk)}), run.workspace
     )
     key = waits.emitter_lock_key(run.workspace_id, lifecycle.RUN_FINISHED)
-    assert (
-        runstore_pg.finish_with_event(run.pk, "not-the-owner", 1, timezone.now(), row, key) is False
+    assert runstore_pg.finish_with_event(run.pk, "not-the-owner", 1, timezone.now(), row, key) == (
+        False,
+        None,
     )
     run.refresh_from_db()
     assert run.status == RunStatus.QUEUED and not finished_events(run)
@@ -154,7 +160,10 @@ def test_the_quiet_end_commits_without_waiting_for_the_disk():
     key = waits.emitter_lock_key(run.workspace_id, lifecycle.RUN_FINISHED)
     # Inside a transaction of our own, to look at the setting the statement left.
     with transaction.atomic(), connection.cursor() as cursor:
-        assert runstore_pg.finish_with_event(run.pk, "me", 1, timezone.now(), row, key) is True
+        assert runstore_pg.finish_with_event(run.pk, "me", 1, timezone.now(), row, key) == (
+            True,
+            None,
+        )
         cursor.execute("SHOW synchronous_commit")
         assert cursor.fetchone() == ("off",)
     with connection.cursor() as cursor:
@@ -191,15 +200,69 @@ def test_a_wait_recorded_while_the_run_ends_is_resolved():
         registry.unregister("q-late-watcher")
 
 
-def test_a_run_holding_a_concurrency_slot_ends_the_ordinary_way_and_hands_it_on():
+def test_a_run_holding_a_concurrency_slot_hands_it_on_in_the_same_round_trip():
     first = start("flow/one", {"seconds": 0})
     second = start("flow/one", {"seconds": 0})
-    outcome, statements = ending(first)
-    assert outcome == RunStatus.COMPLETED and len(statements) > 1
+    with no_broker() as rung:
+        outcome, statements = ending(first)
+    assert outcome == RunStatus.COMPLETED
+    assert len(statements) == 1, statements
+    assert "pg_advisory_xact_lock(" in statements[0]  # the group's, before the snapshot
     assert len(finished_events(first)) == 1
     second.refresh_from_db()
     assert second.status == RunStatus.QUEUED and second.held_by == ""  # handed the slot
-    assert engine.execute(second.pk) == RunStatus.COMPLETED
+    assert second.due_at is not None  # a ring timeout ahead, should the bell be lost
+    assert rung == [str(second.pk)]
+    # Claimed here, the hand-over's row tells the claim what to ask: one statement.
+    token = uuid.uuid4().hex
+    with CaptureQueriesContext(connection) as claim:
+        assert runstore.claim(second.pk, token) is not None
+    assert len(claim) == 1, [q["sql"] for q in claim.captured_queries]
+    assert lifecycle.finish(WorkflowRun.objects.get(pk=second.pk), token, RunStatus.COMPLETED)
+
+
+def test_a_run_holding_slots_of_two_lines_ends_the_ordinary_way_and_hands_both_on():
+    """``f-keyed``: three at once in all, one per account. The end hands on the slot of
+    each line it held, in its transaction."""
+    first = start("flow/keyed", {"account": "a"})
+    same_account = start("flow/keyed", {"account": "a"})
+    assert same_account.held_by == "concurrency wf:f-keyed:a"
+    outcome, statements = ending(first)
+    assert outcome == RunStatus.COMPLETED and len(statements) > 1
+    assert len(finished_events(first)) == 1
+    same_account.refresh_from_db()
+    assert same_account.status == RunStatus.QUEUED and same_account.held_by == ""
+
+
+def test_a_run_lined_up_while_the_slot_holder_ends_is_handed_the_slot():
+    """The new run is stored held, under its group's lock, when the holder ends: the end
+    waits for that lock, then sees the run in line, and hands it the slot."""
+    first = start("flow/one", {"seconds": 0})
+    token = uuid.uuid4().hex
+    claimed = runstore.claim(first.pk, token)
+    assert claimed is not None
+    results: dict[str, bool] = {}
+
+    def end() -> None:
+        results["ended"] = lifecycle.finish(claimed, token, RunStatus.COMPLETED)
+
+    thread = threading.Thread(target=lambda: (end(), connection.close()))
+    with no_broker():
+        with transaction.atomic():
+            event_id = eventbus.send("flow/one", {"seconds": 0})
+            second = WorkflowRun.objects.get(event_id=event_id)
+            assert second.held_by == "concurrency wf:f-one"  # the group is full
+            thread.start()
+            wait_until(
+                lambda: _advisory_waiters() > 0,
+                timeout=30,
+                interval=0.005,
+                what="the end to wait for the group's lock",
+            )
+        thread.join(30)
+    assert results == {"ended": True}
+    second.refresh_from_db()
+    assert second.status == RunStatus.QUEUED and second.held_by == ""
 
 
 def test_a_held_memo_is_stored_before_the_next_step_begins():

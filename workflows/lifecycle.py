@@ -285,9 +285,9 @@ def _finish_quietly(
     recorded: Callable[[], None] | None = None,
 ) -> bool | None:
     """Complete ``run`` and store its ``run.finished`` event (and ``memo``) in one round
-    trip (:func:`runstore.finish_with_event`); ``None`` if that cannot be (concurrency
-    slots to hand on, a wait for the event) and nothing was written: the caller ends the
-    run the ordinary way."""
+    trip (:func:`runstore.finish_with_event`), the concurrency slot it holds handed on
+    with them; ``None`` if that cannot be (slots of several lines to hand on, a wait for
+    the event) and nothing was written: the caller ends the run the ordinary way."""
     previous = run.status, run.output
     run.status, run.output = RunStatus.COMPLETED, output
     row = bus.immediate_row(_spec(RUN_FINISHED, _finished_data(run)), run.workspace)

@@ -31,7 +31,7 @@ from django.db.models import Case, F, PositiveIntegerField, Q, Value, When
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
-from workflows import conf, models, runstore_pg, slots
+from workflows import conf, doorbell, models, runstore_pg, slots
 from workflows.exceptions import LeaseLost, RunCancelled, error_record
 from workflows.models import ACTIVE_STATUSES, RunStatus, StepResult, StepStatus, WorkflowRun
 
@@ -116,21 +116,27 @@ def claim(run_id: Any, token: str, *, shaped: bool = False) -> WorkflowRun | Non
     :mod:`workflows.slots`; one that may not start is put back in line there.
     ``shaped``: the caller knows the run is such a run (it was handed a concurrency
     slot), so the claim asks about flow control first; a wrong hint costs one statement.
+    A run this process handed a slot to (:func:`workflows.slots.handed_hint`) is
+    claimed by the groups' question alone, one statement.
     """
     now = timezone.now()
     lease = _lease_until(now)
-    if shaped:
+    run = None
+    hint = slots.handed_hint(run_id)
+    if hint is None and not shaped:
+        run, hint = _claim_free(run_id, token, now, lease)
+        # Not claimed: not runnable (a late or repeated message), or flow control may
+        # hold it back (``hint``: what its claim asks, as the statement saw it).
+    if hint is not None:
+        # Handed a slot by this process, or a hint of the free claim: straight to the
+        # groups' question (which checks everything again).
+        run = _claim_admitted(run_id, hint, token, now, lease)
+    if run is None and (hint is not None or shaped or connection.vendor != "postgresql"):
         found = _shaped(run_id, now)
         if found is not None:
-            run = _claim_shaped(found, token, now, lease)
-        else:
-            run = _claim_free(run_id, token, now, lease)
-    else:
-        run = _claim_free(run_id, token, now, lease)
-        if run is None:
-            # Not runnable (a late or repeated message), or held back by flow control.
-            found = _shaped(run_id, now)
-            run = None if found is None else _claim_shaped(found, token, now, lease)
+            run = _claim_shaped(found, token, now, lease, asked=hint is not None)
+        elif shaped and hint is None:
+            run, _ = _claim_free(run_id, token, now, lease)
     if run is not None:
         _hold(token)
         if run.slot_1:
@@ -140,11 +146,15 @@ def claim(run_id: Any, token: str, *, shaped: bool = False) -> WorkflowRun | Non
     return run
 
 
-def _claim_free(run_id: Any, token: str, now: datetime, lease: datetime) -> WorkflowRun | None:
-    """Claim the run if it is runnable and no flow control may hold it back."""
+def _claim_free(
+    run_id: Any, token: str, now: datetime, lease: datetime
+) -> tuple[WorkflowRun | None, dict[str, Any] | None]:
+    """Claim the run if it is runnable and no flow control may hold it back; if not
+    claimed, on PostgreSQL, what the claim of a run that flow control may hold back
+    asks of it (see :func:`runstore_pg.claim`), if it may be one."""
     if connection.vendor == "postgresql":
         return runstore_pg.claim(run_id, token, now, lease)
-    return _claim_portable(run_id, token, now, lease, models.unshaped(now))
+    return _claim_portable(run_id, token, now, lease, models.unshaped(now)), None
 
 
 def _shaped(run_id: Any, now: datetime) -> dict[str, Any] | None:
@@ -160,21 +170,19 @@ def _shaped(run_id: Any, now: datetime) -> dict[str, Any] | None:
 
 
 def _claim_shaped(
-    shaped: dict[str, Any], token: str, now: datetime, lease: datetime
+    shaped: dict[str, Any], token: str, now: datetime, lease: datetime, *, asked: bool = False
 ) -> WorkflowRun | None:
-    """Claim a runnable run that flow control may hold back, or put it back in line."""
+    """Claim a runnable run that flow control may hold back, or put it back in line.
+    ``asked``: :func:`_claim_admitted` just did not claim it; do not ask again."""
     run_id = shaped["id"]
     postgres = connection.vendor == "postgresql"
     limits = slots.limits_of(shaped["workflow_id"], (shaped["slot_1"], shaped["slot_2"]))
-    if postgres and not connection.in_atomic_block and not slots.asks_throttle(shaped):
-        # The usual case, a run rung because its groups have room: the locks and the
-        # claim are one message, which PostgreSQL runs as one transaction of its own (no
-        # BEGIN and COMMIT round trips). If a group is full, ask again below, in a
-        # transaction that can put the run back in line.
-        keys = slots.lock_keys(group for group, _ in limits)
-        run = runstore_pg.claim_admitted(run_id, token, now, lease, limits, keys)
+    if not asked:
+        run = _claim_admitted(run_id, shaped, token, now, lease)
         if run is not None:
             return run
+    # A group is full (or a throttle asks): ask again, in a transaction that can put
+    # the run back in line.
     with transaction.atomic():
         held = slots.throttled(run_id, shaped, now, relax=postgres)
         if held is None:
@@ -195,6 +203,24 @@ def _claim_shaped(
                 return None if postgres else _claim_portable(run_id, token, now, lease, Q())
         slots.hold(run_id, shaped, held, now)
         return None
+
+
+def _claim_admitted(
+    run_id: Any, shaped: dict[str, Any], token: str, now: datetime, lease: datetime
+) -> WorkflowRun | None:
+    """The usual case of a run in concurrency groups, rung because its groups have room
+    (``shaped``: its :data:`workflows.slots.FIELDS`): on PostgreSQL, outside a
+    transaction, with no throttle to ask, the groups' locks and the claim are one
+    message, which PostgreSQL runs as one transaction of its own (no BEGIN and COMMIT
+    round trips). ``None`` if it did not claim the run (not runnable, or no room), or
+    could not ask that way."""
+    if connection.vendor != "postgresql" or connection.in_atomic_block:
+        return None
+    if slots.asks_throttle(shaped):
+        return None
+    limits = slots.limits_of(shaped["workflow_id"], (shaped["slot_1"], shaped["slot_2"]))
+    keys = slots.lock_keys(group for group, _ in limits)
+    return runstore_pg.claim_admitted(run_id, token, now, lease, limits, keys)
 
 
 def _claim_portable(
@@ -447,23 +473,28 @@ def finish_with_event(
     memo: StepResult | None = None,
 ) -> bool | None:
     """On PostgreSQL, outside a transaction: complete the run we own and store ``event``,
-    its ``run.finished`` (and ``memo``, its last step's, if given) in one round trip
-    (:func:`runstore_pg.finish_with_event`).
+    its ``run.finished`` (and ``memo``, its last step's, if given), and hand on the
+    concurrency slot it holds, in one round trip (:func:`runstore_pg.finish_with_event`).
 
-    ``None`` when that cannot be, and nothing was written: the run holds concurrency
-    slots (they are handed on in the transaction that ends it), or a wait for the
-    event is recorded (``lock_key``: the emitters' lock of its name). Otherwise whether
-    the run was ours to end, as :func:`finish`.
+    ``None`` when that cannot be, and nothing was written: the run holds slots of
+    several lines (:func:`workflows.slots.one_line`; they are handed on in the
+    transaction that ends it), or a wait for the event is recorded (``lock_key``: the
+    emitters' lock of its name). Otherwise whether the run was ours to end, as
+    :func:`finish`.
     """
-    if token in _groups:
+    groups = _groups.get(token)
+    line = None if groups is None else slots.one_line(groups)
+    if groups is not None and line is None:
         return None
-    ended = runstore_pg.finish_with_event(
-        run_id, token, output, timezone.now(), event, lock_key, memo
+    now = timezone.now()
+    ended, head = runstore_pg.finish_with_event(
+        run_id, token, output, now, event, lock_key, memo, line, ring_due(now)
     )
-    if ended:
-        _let_go(token)
-    elif ended is False:
-        _forget(token)
+    if ended is not None:
+        _forget(token)  # ended (its slot handed on with it), or no longer ours
+    if head is not None:
+        slots.remember_handed(head)
+        doorbell.ring([head["id"]], handed=True)
     return ended
 
 

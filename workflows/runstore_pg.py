@@ -1,18 +1,20 @@
 """The engine's PostgreSQL fast paths: the claim, a step's memo, the end of a run, and
 the statements of ``send`` and of the hand-over that every run pays.
 
-Each is one statement (or one message of a lock and a statement), built once per
+Each is one statement (or a lock and a statement, in one round trip), built once per
 process from the models (and, for the claim, from the one definition of "runnable" in
 :mod:`workflows.models`): a claim is one ``UPDATE … RETURNING`` joined with the run's
 event and workspace, a step's memo is one ``INSERT … SELECT … FOR SHARE`` that writes
 only while the run is still ours, and the end of a run is one raw ``UPDATE`` that
-spares the ORM's compilation, or, when nothing listens for its ``run.finished``, one
-message that writes the end and the event together (:func:`finish_with_event`). Those
-that are their own transaction are prepared once per connection
-(:func:`execute_prepared`). Called by the run store, the lifecycle, the waits, the
-slots and the subscribers, and only on PostgreSQL.
+spares the ORM's compilation, or, when nothing listens for its ``run.finished``, a lock
+and one statement that write the end, the event, the last memo and the hand-over of a
+concurrency slot together (:func:`finish_with_event`). Those that are their own
+transaction are prepared once per connection (:func:`execute_prepared`), a lock and its
+statement as a pipeline of two (:func:`_after_lock`). Called by the run store, the
+lifecycle, the waits, the slots and the subscribers, and only on PostgreSQL.
 """
 
+import contextlib
 import logging
 import weakref
 from datetime import UTC, datetime
@@ -79,12 +81,19 @@ def bound_cursor(conn: Any, *, prepare: bool = False) -> Any:
         # psycopg prepares nothing on a connection without a threshold, not even what
         # is asked for; this one is never reached by the statements nobody asks for.
         raw_conn.prepare_threshold = ONLY_WHEN_ASKED
-    kept = _kept.setdefault(raw_conn, {})
-    raw = kept.get(prepare)
+    raw = _kept_cursor(conn, prepare)
+    return _LoggedCursor(raw, conn) if conn.queries_logged else conn.make_cursor(raw)
+
+
+def _kept_cursor(conn: Any, key: Any) -> Any:
+    """The psycopg cursor kept for ``conn`` under ``key``: ``False``, one that prepares
+    nothing; ``True`` or another key, one that prepares what it runs."""
+    kept = _kept.setdefault(conn.connection, {})
+    raw = kept.get(key)
     if raw is None or raw.closed:
         with conn.wrap_database_errors:
-            raw = kept[prepare] = _cursor_classes()[prepare](raw_conn)
-    return _LoggedCursor(raw, conn) if conn.queries_logged else conn.make_cursor(raw)
+            raw = kept[key] = _cursor_classes()[key is not False](conn.connection)
+    return raw
 
 
 #: The ``prepare_threshold`` the engine gives a connection it prepares on, when Django
@@ -130,21 +139,46 @@ def execute_prepared(conn: Any, sql: str, params: Any) -> Any:
     try:
         cursor.execute(sql, params)
     except DatabaseError as exc:
-        # 26000, invalid_sql_statement_name: "prepared statement … does not exist".
-        if getattr(exc.__cause__, "sqlstate", None) != "26000":
-            raise
-        _missing.append(str(exc.__cause__))
-        conn.connection.prepare_threshold = None  # what psycopg prepared is forgotten
-        logger.warning(
-            "PostgreSQL lost a statement the engine had prepared (%s): a pooler in "
-            "transaction mode is likely in front of it. This process prepares no more; "
-            "set DATABASES[...]['DISABLE_SERVER_SIDE_CURSORS'] = True (as Django asks for "
-            "such a pooler) or WORKFLOWS['PREPARED_STATEMENTS'] = False",
-            exc.__cause__,
-        )
+        _lost_prepared(conn, exc)
         cursor = bound_cursor(conn)
         cursor.execute(sql, params)
     return cursor
+
+
+def _lost_prepared(conn: Any, exc: DatabaseError) -> None:
+    """Re-raise ``exc`` unless PostgreSQL says a prepared statement is missing (26000,
+    invalid_sql_statement_name); if it is, prepare no more in this process, and say why
+    (the statement did nothing: its caller executes it again, unprepared)."""
+    if getattr(exc.__cause__, "sqlstate", None) != "26000":
+        raise exc
+    _missing.append(str(exc.__cause__))
+    conn.connection.prepare_threshold = None  # what psycopg prepared is forgotten
+    logger.warning(
+        "PostgreSQL lost a statement the engine had prepared (%s): a pooler in "
+        "transaction mode is likely in front of it. This process prepares no more; "
+        "set DATABASES[...]['DISABLE_SERVER_SIDE_CURSORS'] = True (as Django asks for "
+        "such a pooler) or WORKFLOWS['PREPARED_STATEMENTS'] = False",
+        exc.__cause__,
+    )
+
+
+def _pipelines(conn: Any) -> bool:
+    """Whether a lock and the statement after it go to ``conn`` as a pipeline of two
+    prepared statements (:func:`_after_lock`): psycopg 3 with pipeline support, where
+    the engine prepares (:func:`prepares`), outside a transaction."""
+    from django.db.backends.postgresql.psycopg_any import is_psycopg3  # PostgreSQL only
+
+    if not is_psycopg3 or conn.in_atomic_block or not prepares(conn):
+        return False
+    if not _pipeline_support:
+        import psycopg
+
+        _pipeline_support.append(psycopg.Pipeline.is_supported())
+    return _pipeline_support[0]
+
+
+#: Whether psycopg's libpq supports pipelines (asked once).
+_pipeline_support: list[bool] = []
 
 
 class _LoggedCursor(CursorDebugWrapper):
@@ -157,8 +191,8 @@ class _LoggedCursor(CursorDebugWrapper):
 
 
 _classes: tuple[type, type] | None = None
-#: Each connection's kept cursors, by whether they prepare.
-_kept: "weakref.WeakKeyDictionary[Any, dict[bool, Any]]" = weakref.WeakKeyDictionary()
+#: Each connection's kept cursors (see :func:`_kept_cursor`).
+_kept: "weakref.WeakKeyDictionary[Any, dict[Any, Any]]" = weakref.WeakKeyDictionary()
 
 
 def _cursor_classes() -> tuple[type, type]:
@@ -217,12 +251,44 @@ def _memo_fields() -> list[Any]:
     return [f for f in StepResult._meta.concrete_fields if not f.primary_key]
 
 
-def _after_lock(sql: str, params: dict[str, Any]) -> tuple:
-    """Execute a message of two statements, an advisory lock and then one whose
-    snapshot follows the lock; the second's row."""
+def _after_lock(locks: str, sql: str, params: dict[str, Any]) -> tuple:
+    """Execute ``locks`` (a ``SELECT`` taking advisory locks), then ``sql``, whose
+    snapshot is taken after the locks are granted, as one transaction in one round trip;
+    return the first row of ``sql``. ``params``: the parameters of both, by name.
+
+    Outside a transaction where the engine prepares (:func:`_pipelines`): a pipeline of
+    the two statements, each prepared once per connection and bound by the server,
+    with one ``Sync`` after them, so that PostgreSQL runs them as one implicit
+    transaction (the locks are held until it commits). Otherwise one message of both
+    commands, quoted by the client and planned at every execution."""
+    if _pipelines(connection):
+        try:
+            return _pipelined(locks, sql, params)
+        except DatabaseError as exc:
+            _lost_prepared(connection, exc)  # nothing was done: send it the other way
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        next_result(cursor)  # past the lock
+        cursor.execute(f"{locks};\n{sql}", params)
+        next_result(cursor)  # past the locks
+        return cursor.fetchone()
+
+
+def _pipelined(locks: str, sql: str, params: dict[str, Any]) -> tuple:
+    conn = connection
+    conn.validate_thread_sharing()
+    conn.ensure_connection()
+    raw_conn = conn.connection
+    if raw_conn.prepare_threshold is None:
+        raw_conn.prepare_threshold = ONLY_WHEN_ASKED  # as in bound_cursor
+    lock_cursor, cursor = _kept_cursor(conn, "locks"), _kept_cursor(conn, True)
+    logged = _LoggedCursor(cursor, conn) if conn.queries_logged else None
+    with (
+        logged.debug_sql(f"{locks};\n{sql}", params)
+        if logged is not None
+        else contextlib.nullcontext()
+    ):
+        with conn.wrap_database_errors, raw_conn.pipeline():
+            lock_cursor.execute(locks, params)
+            cursor.execute(sql, params)
         return cursor.fetchone()
 
 
@@ -298,15 +364,16 @@ _ROOM = """(%(g{n})s = '' OR (
 
 def _claim_statement(kind: str, relaxed: bool = False) -> tuple[str, dict[str, Any], Any, Any, Any]:
     """Claim the run, close the sleeps that ended, read run, event and workspace, and
-    whether the run had never started.
+    whether the run had never started; if it was not claimed, what flow control asks of
+    it (``models.SHAPING_FIELDS``) and whether flow control may hold it back.
 
     ``"free"``: only a run no flow control may hold back
     (:func:`workflows.models.unshaped`); ``"admitted"``: a run in concurrency groups, if
     each has room (see ``_ROOM``). A run that ``"free"`` does not claim is either not
-    runnable (a late or repeated message) or held back by flow control: the caller
-    asks which (a rarer second query, kept out of this statement, which every run pays
-    to plan: with it, planning took 0.8 ms more). ``relaxed``: the statement commits
-    without waiting for the disk (``_relaxed_cte``), for a claim outside a transaction.
+    runnable (a late or repeated message) or held back by flow control: the statement
+    says which it may be, from the row as its snapshot saw it (a hint: the claim that
+    follows checks again). ``relaxed``: the statement commits without waiting for the
+    disk (``_relaxed_cte``), for a claim outside a transaction.
     """
     if (kind, relaxed) not in _claim_sql:
         event_model = WorkflowRun._meta.get_field("event").related_model
@@ -317,23 +384,29 @@ def _claim_statement(kind: str, relaxed: bool = False) -> tuple[str, dict[str, A
         else:
             condition = models.runnable
         runnable, constants = _compiled_condition(condition)
+        unshaped, more = _compiled_condition(models.unshaped)
+        constants.update({f"u{key}": value for key, value in more.items()})
+        unshaped = unshaped.replace("%(c", "%(uc")
         if kind == "admitted":
             room = " AND ".join(
                 _ROOM.format(n=n, runs=runs, running=RunStatus.RUNNING) for n in (1, 2)
             )
             runnable = f"({runnable}) AND {room}"
+        shaping = [WorkflowRun._meta.get_field(f).column for f in models.SHAPING_FIELDS]
         sql = f"""
-        WITH {_relaxed_cte() if relaxed else ""}claimed AS (
+        WITH {_relaxed_cte() if relaxed else ""}old AS (
+            SELECT status AS old_status, started_at AS old_started,
+                {", ".join(f'"{c}" AS "h_{c}"' for c in shaping)},
+                ({unshaped}) IS NOT TRUE AS held_back
+            FROM "{runs}" WHERE id = %(id)s
+        ), claimed AS (
             UPDATE "{runs}"
             SET status = '{RunStatus.RUNNING}', lease_owner = %(token)s,
                 lease_expires_at = %(lease)s, due_at = %(lease)s, wake_at = NULL, held_by = '',
                 started_at = COALESCE("{runs}".started_at, %(now)s),
                 lost_executions = "{runs}".lost_executions
                     + CASE WHEN "{runs}".status = '{RunStatus.RUNNING}' THEN 1 ELSE 0 END
-            FROM (
-                SELECT status AS old_status, started_at AS old_started
-                FROM "{runs}" WHERE id = %(id)s
-            ) AS old
+            FROM old
             WHERE "{runs}".id = %(id)s AND ({runnable})
             RETURNING {_column_list(WorkflowRun._meta.concrete_fields)}, old_status, old_started
         ), closed AS (
@@ -344,12 +417,11 @@ def _claim_statement(kind: str, relaxed: bool = False) -> tuple[str, dict[str, A
                 WHERE NOT (old_status = '{RunStatus.QUEUED}' AND old_started IS NULL)
             ) AND status = '{StepStatus.SLEEPING}' AND wake_at <= %(now)s
         )
-        SELECT {_columns(WorkflowRun, "claimed")}, {_columns(event_model, "e")},
-            {_columns(workspace_model, "w")},
-            claimed.old_status = '{RunStatus.QUEUED}' AND claimed.old_started IS NULL
-        FROM claimed{" CROSS JOIN relaxed" if relaxed else ""}
-        JOIN "{event_model._meta.db_table}" AS e ON e.id = claimed.event_id
-        JOIN "{workspace_model._meta.db_table}" AS w ON w.id = claimed.workspace_id"""
+        SELECT claimed.*, {_columns(event_model, "e")}, {_columns(workspace_model, "w")},
+            {", ".join(f'old."h_{c}"' for c in shaping)}, old.held_back
+        FROM old{" CROSS JOIN relaxed" if relaxed else ""} LEFT JOIN claimed ON true
+        LEFT JOIN "{event_model._meta.db_table}" AS e ON e.id = claimed.event_id
+        LEFT JOIN "{workspace_model._meta.db_table}" AS w ON w.id = claimed.workspace_id"""
         _claim_sql[kind, relaxed] = (
             _compact(sql),
             constants,
@@ -360,11 +432,15 @@ def _claim_statement(kind: str, relaxed: bool = False) -> tuple[str, dict[str, A
     return _claim_sql[kind, relaxed]
 
 
-def claim(run_id: Any, token: str, now: datetime, lease: datetime) -> WorkflowRun | None:
+def claim(
+    run_id: Any, token: str, now: datetime, lease: datetime
+) -> tuple[WorkflowRun | None, dict[str, Any] | None]:
     """The claim as one statement: the run with its event and workspace, if it is
-    runnable and no flow control may hold it back; else ``None``."""
+    runnable and no flow control may hold it back; else ``None`` and, if flow control
+    may hold it back, what the claim of such a run asks (its ``id`` and
+    ``models.SHAPING_FIELDS``, as the statement saw them)."""
     alone = not connection.in_atomic_block
-    sql, constants, load_run, load_event, load_workspace = _claim_statement("free", alone)
+    sql, constants, *loaders = _claim_statement("free", alone)
     params = {**constants, "id": run_id, "token": token, "now": now, "lease": lease}
     if alone:  # its own transaction: prepared, like a memo insert (planning took 0.4 ms)
         row = execute_prepared(connection, sql, params).fetchone()
@@ -372,7 +448,13 @@ def claim(run_id: Any, token: str, now: datetime, lease: datetime) -> WorkflowRu
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
             row = cursor.fetchone()
-    return None if row is None else _loaded(row, load_run, load_event, load_workspace)
+    if row is None:
+        return None, None
+    run = _loaded(row, *loaders)
+    if run is not None or not row[-1]:
+        return run, None
+    shaping = row[-1 - len(models.SHAPING_FIELDS) : -1]
+    return None, {"id": run_id, **dict(zip(models.SHAPING_FIELDS, shaping, strict=True))}
 
 
 def claim_admitted(
@@ -383,12 +465,13 @@ def claim_admitted(
     limits: list[tuple[str, int]],
     lock_keys: list[int],
 ) -> WorkflowRun | None:
-    """In a transaction: take the advisory locks ``lock_keys`` (the groups'), then claim
-    a run in concurrency groups if each of ``limits`` (group, limit) has room; ``None``
-    if not (or if the run is not runnable), the locks still held. The transaction
-    commits without waiting for the disk (``RELAXED``). One round trip: the lock
-    statement, then the claim, whose snapshot is taken after the locks."""
-    sql, constants, load_run, load_event, load_workspace = _claim_statement("admitted")
+    """Take the advisory locks ``lock_keys`` (the groups'), then claim a run in
+    concurrency groups if each of ``limits`` (group, limit) has room; ``None`` if not
+    (or if the run is not runnable), the locks still held if in a transaction. The
+    transaction commits without waiting for the disk (``RELAXED``). One round trip
+    (:func:`_after_lock`): the locks, then the claim, whose snapshot is taken after
+    them."""
+    sql, constants, load_run, load_event, load_workspace = _claim_statement("admitted", True)
     (g1, l1), (g2, l2) = (list(limits) + [("", 0), ("", 0)])[:2]
     locks = ", ".join(f"pg_advisory_xact_lock(%(k{n})s)" for n in range(len(lock_keys)))
     params = {
@@ -397,11 +480,7 @@ def claim_admitted(
         **{"g1": g1, "l1": l1, "g2": g2, "l2": l2},
         **{f"k{n}": key for n, key in enumerate(lock_keys)},
     }
-    with connection.cursor() as cursor:
-        cursor.execute(f"{RELAXED}SELECT {locks or 1}; {sql}", params)
-        next_result(cursor)  # past the SET LOCAL
-        next_result(cursor)  # past the locks
-        row = cursor.fetchone()
+    row = _after_lock(f"SELECT {locks or 1}", sql, params)
     return None if row is None else _loaded(row, load_run, load_event, load_workspace)
 
 
@@ -429,52 +508,83 @@ def shaped(run_id: Any, now: datetime, fields: tuple[str, ...]) -> dict[str, Any
     return None if row is None else dict(zip(fields, row, strict=True))
 
 
+def _head() -> tuple[str, dict[str, Any]]:
+    """The CTE ``head``: the next run in the line of a group (queued, ``held_by``
+    starting with ``%(prefix)s``, ``slot_1`` = ``%(group)s``, by ``order_at``; not
+    ``%(skip)s``, not before ``%(after)s``), its row locked, one locked by another
+    hand-over skipped; and the constants of its condition."""
+    runs = WorkflowRun._meta.db_table
+    not_paused, constants = _compiled_condition(lambda now: models.not_paused())
+    sql = f"""head AS (
+        SELECT "{runs}"."id" FROM "{runs}"
+        WHERE "{runs}"."slot_1" = %(group)s AND "{runs}"."status" = '{RunStatus.QUEUED}'
+            AND "{runs}"."held_by" LIKE %(prefix)s
+            AND ("{runs}"."wake_at" IS NULL OR "{runs}"."wake_at" <= %(now)s)
+            AND ({not_paused})
+            AND (%(skip)s::uuid IS NULL OR "{runs}"."id" <> %(skip)s::uuid)
+            AND (%(after)s::timestamptz IS NULL OR "{runs}"."order_at" >= %(after)s)
+        ORDER BY "{runs}"."order_at", "{runs}"."id"
+        LIMIT 1
+        FOR UPDATE OF "{runs}" SKIP LOCKED
+    )"""
+    return sql, constants
+
+
+def _head_params(line: Any, due: datetime, skip: Any = None, after: Any = None) -> dict[str, Any]:
+    """The parameters of ``_head`` and of the ``UPDATE`` that hands ``line``'s slot on
+    (a :class:`workflows.slots.Line`), but ``now``."""
+    return {
+        **{"group": line.group, "prefix": _like_prefix(line.waiting)},
+        **{"due": due, "skip": skip, "after": after},
+    }
+
+
+#: The update that hands the slot to the run ``head`` chose (see ``_head``), returning
+#: its id and what its claim reads (``models.SHAPING_FIELDS``, in ``_HANDED_FIELDS``).
+_HANDED = """UPDATE "{runs}" SET "due_at" = %(due)s, "held_by" = ''
+    FROM head{also} WHERE "{runs}"."id" = head."id"
+    RETURNING {returning}
+"""
+_HANDED_FIELDS = ("id", *models.SHAPING_FIELDS)
+
+
+def _handed(also: str = "") -> str:
+    runs = WorkflowRun._meta.db_table
+    returning = ", ".join(
+        f'"{runs}"."{WorkflowRun._meta.get_field(f).column}"' for f in _HANDED_FIELDS
+    )
+    return _HANDED.format(runs=runs, also=also, returning=returning)
+
+
+def _handed_row(row: tuple | None) -> dict[str, Any] | None:
+    return None if row is None or row[0] is None else dict(zip(_HANDED_FIELDS, row, strict=True))
+
+
 _hand_over_sql: tuple[str, dict[str, Any]] | None = None
 
 
 def hand_over(
-    group: str, lock_key: int, prefix: str, now: datetime, due: datetime, skip: Any, after: Any
-) -> Any:
-    """Take the group's lock, then hand its free slot to the next run in line (queued,
-    ``held_by`` starting with ``prefix``, ``slot_1`` = ``group``, by ``order_at``; not
-    ``skip``, not before ``after``): clear its ``held_by`` and set its ``due_at``. Return
-    its id, or ``None`` if none waits. One round trip: the lock, then the statement that
-    reads the line, whose snapshot is taken after the lock (as
+    line: Any, now: datetime, due: datetime, skip: Any, after: Any
+) -> dict[str, Any] | None:
+    """Take the lock of ``line`` (a :class:`workflows.slots.Line`), then hand its free
+    slot to the next run in it (``_head``): clear its ``held_by`` and set its ``due_at``
+    to ``due``. Return its ``id`` and ``models.SHAPING_FIELDS``, or ``None`` if none
+    waits. One round trip: the lock, then
+    the statement that reads the line, whose snapshot is taken after the lock (as
     :func:`workflows.slots.hand_over` requires).
     """
     global _hand_over_sql
     if _hand_over_sql is None:
-        runs = WorkflowRun._meta.db_table
-        not_paused, constants = _compiled_condition(lambda now: models.not_paused())
-        sql = f"""SELECT pg_advisory_xact_lock(%(key)s);
-        WITH head AS (
-            SELECT "{runs}"."id" FROM "{runs}"
-            WHERE "{runs}"."slot_1" = %(group)s AND "{runs}"."status" = '{RunStatus.QUEUED}'
-                AND "{runs}"."held_by" LIKE %(prefix)s
-                AND ("{runs}"."wake_at" IS NULL OR "{runs}"."wake_at" <= %(now)s)
-                AND ({not_paused})
-                AND (%(skip)s::uuid IS NULL OR "{runs}"."id" <> %(skip)s::uuid)
-                AND (%(after)s::timestamptz IS NULL OR "{runs}"."order_at" >= %(after)s)
-            ORDER BY "{runs}"."order_at", "{runs}"."id"
-            LIMIT 1
-            FOR UPDATE OF "{runs}" SKIP LOCKED
-        )
-        UPDATE "{runs}" SET "due_at" = %(due)s, "held_by" = ''
-        FROM head WHERE "{runs}"."id" = head."id"
-        RETURNING "{runs}"."id"
-        """
-        _hand_over_sql = (sql, constants)
+        head, constants = _head()
+        handed = _handed()
+        sql = f"SELECT pg_advisory_xact_lock(%(key)s);\nWITH {head}\n{handed}"
+        _hand_over_sql = (_compact(sql), constants)
     sql, constants = _hand_over_sql
-    params = {
-        **constants,
-        **{"key": lock_key, "group": group, "prefix": _like_prefix(prefix)},
-        **{"now": now, "due": due, "skip": skip, "after": after},
-    }
+    params = {**constants, **_head_params(line, due, skip, after), "key": line.lock_key, "now": now}
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         next_result(cursor)
-        row = cursor.fetchone()
-    return None if row is None else row[0]
+        return _handed_row(cursor.fetchone())
 
 
 def _like_prefix(prefix: str) -> str:
@@ -482,16 +592,21 @@ def _like_prefix(prefix: str) -> str:
     return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-def _loaded(row: tuple, load_run: Any, load_event: Any, load_workspace: Any) -> WorkflowRun:
-    """The claimed run from a claim's row: run, event, workspace, first start."""
+def _loaded(row: tuple, load_run: Any, load_event: Any, load_workspace: Any) -> WorkflowRun | None:
+    """The claimed run from a claim's row (run, whether it had started, event,
+    workspace, then what ``old`` saw), or ``None`` if the row claimed nothing."""
     n_run = len(WorkflowRun._meta.concrete_fields)
+    if row[0] is None:
+        return None
     n_event = len(WorkflowRun._meta.get_field("event").related_model._meta.concrete_fields)
-    fields = row[:-1]
-    run = load_run(fields[:n_run])
-    run.event = load_event(fields[n_run : n_run + n_event])
-    run.workspace = load_workspace(fields[n_run + n_event :])
+    n_workspace = len(WorkflowRun._meta.get_field("workspace").related_model._meta.concrete_fields)
+    old_status, old_started = row[n_run : n_run + 2]
+    at = n_run + 2
+    run = load_run(row[:n_run])
+    run.event = load_event(row[at : at + n_event])
+    run.workspace = load_workspace(row[at + n_event : at + n_event + n_workspace])
     # Queued and never started before this claim: the run has stored no memo yet.
-    run.first_start = bool(row[-1])
+    run.first_start = old_status == RunStatus.QUEUED and old_started is None
     return run
 
 
@@ -591,7 +706,7 @@ def finish(run_id: Any, token: str, status: str, output: Any, error: Any, now: d
         return cursor.rowcount == 1
 
 
-_finish_with_event_sql: dict[bool, tuple[str, list[Any], list[Any]]] = {}
+_finish_with_event_sql: dict[tuple[bool, bool], tuple[str, str, list[Any], list[Any], dict]] = {}
 
 
 def finish_with_event(
@@ -602,57 +717,36 @@ def finish_with_event(
     event: Any,
     lock_key: int,
     memo: StepResult | None = None,
-) -> bool | None:
+    line: Any = None,
+    due: datetime | None = None,
+) -> tuple[bool | None, dict[str, Any] | None]:
     """Complete the run we own and store ``event`` (its ``run.finished``), and ``memo``
     (its last step's, held back until now) if given, unless a wait for that event's
-    name is recorded in its workspace.
+    name is recorded in its workspace; with ``line`` (a :class:`workflows.slots.Line`,
+    the run's concurrency group), hand its slot to the next run in that line, whose
+    ``due_at`` becomes ``due``.
 
     Outside a transaction: one round trip of two statements, which PostgreSQL runs as
     one transaction; without a memo it commits without waiting for the disk
     (``RELAXED``), with one it waits, as every memo's commit does. The first takes the
-    emitters' shared lock ``lock_key`` (see :mod:`workflows.waits`), so the second,
-    whose snapshot comes after it, sees every wait recorded before; a wait recorded
-    after it waits for the commit and then finds the event stored. ``True``: ended,
-    event (and memo) stored; ``False``: not ours to end, nothing written; ``None``: a
-    wait exists, nothing was written (end the run the ordinary way, which resolves the
-    wait).
+    group's lock (with ``line``), then the emitters' shared lock ``lock_key`` (see
+    :mod:`workflows.waits`), in the order the ordinary end takes them, so the second,
+    whose snapshot comes after them, sees every wait recorded and every run put in
+    the line before; a wait recorded after it waits for the commit and then finds the
+    event stored. Returns whether it ended and the run handed the slot (or ``None``).
+    Ended ``True``: ended, event (and memo) stored, slot handed on; ``False``: not
+    ours to end, nothing written; ``None``: a wait exists, nothing was written (end the
+    run the ordinary way, which resolves the wait).
     """
-    with_memo = memo is not None
-    if with_memo not in _finish_with_event_sql:
-        event_model = WorkflowRun._meta.get_field("event").related_model
-        runs = WorkflowRun._meta.db_table
-        fields = list(event_model._meta.concrete_fields)
-        memo_fields = _memo_fields()
-        relaxed = "" if with_memo else _relaxed_cte()
-        stored_memo = (
-            f""", memo AS (
-            INSERT INTO "{StepResult._meta.db_table}" ({_column_list(memo_fields)})
-            SELECT {_casts(memo_fields, "m")} FROM ended RETURNING id
-        )"""
-            if with_memo
-            else ""
-        )
-        sql = f"""SELECT pg_advisory_xact_lock_shared(%(lock)s);
-        WITH {relaxed}waited AS (
-            SELECT {_waited()} AS found
-        ), ended AS (
-            UPDATE "{runs}" SET status = '{RunStatus.COMPLETED}', output = %(output)s,
-                error = NULL, {_ENDED}
-            FROM {"waited" if with_memo else "relaxed, waited"}
-            WHERE id = %(id)s AND {_OURS_RUNNING} AND NOT waited.found
-            RETURNING "{runs}".id
-        ), stored AS (
-            INSERT INTO "{event_model._meta.db_table}" ({_column_list(fields)})
-            SELECT {_casts(fields, "e")} FROM ended RETURNING 1
-        ){stored_memo}
-        SELECT waited.found, (SELECT count(*) FROM stored),
-            {"(SELECT id FROM memo)" if with_memo else "NULL"}
-        FROM waited"""
-        _finish_with_event_sql[with_memo] = (_compact(sql), fields, memo_fields)
-    sql, fields, memo_fields = _finish_with_event_sql[with_memo]
+    variant = (memo is not None, line is not None)
+    if variant not in _finish_with_event_sql:
+        _finish_with_event_sql[variant] = _finish_with_event_statement(*variant)
+    locks, sql, fields, memo_fields, constants = _finish_with_event_sql[variant]
     params = _named(_insert_values(event, fields, connection), "e")
     if memo is not None:
         params.update(_named(_insert_values(memo, memo_fields, connection), "m"))
+    if line is not None:
+        params.update(constants, **_head_params(line, due), key=line.lock_key)
     params.update(
         lock=lock_key,
         workspace=event.workspace_id,
@@ -662,15 +756,56 @@ def finish_with_event(
         id=run_id,
         token=token,
     )
-    waited, stored, memo_id = _after_lock(sql, params)
+    waited, stored, memo_id, *head = _after_lock(locks, sql, params)
     if waited:
-        return None
+        return None, None
     if stored:
         _saved(event, connection)
         if memo is not None:
             memo.pk = memo_id
             _saved(memo, connection)
-    return bool(stored)
+    return bool(stored), _handed_row(tuple(head))
+
+
+def _finish_with_event_statement(with_memo: bool, handing: bool) -> tuple:
+    event_model = WorkflowRun._meta.get_field("event").related_model
+    runs = WorkflowRun._meta.db_table
+    fields = list(event_model._meta.concrete_fields)
+    memo_fields = _memo_fields()
+    relaxed = "" if with_memo else _relaxed_cte()
+    stored_memo = (
+        f""", memo AS (
+        INSERT INTO "{StepResult._meta.db_table}" ({_column_list(memo_fields)})
+        SELECT {_casts(memo_fields, "m")} FROM ended RETURNING id
+    )"""
+        if with_memo
+        else ""
+    )
+    constants: dict[str, Any] = {}
+    handed = ""
+    if handing:
+        head, constants = _head()
+        handed = f", {head}, handed AS ({_handed(also=', ended')})"
+    locks = "pg_advisory_xact_lock(%(key)s), " if handing else ""
+    columns = [WorkflowRun._meta.get_field(f).column for f in _HANDED_FIELDS]
+    handed_fields = ", ".join(f'handed."{column}"' if handing else "NULL" for column in columns)
+    locks = f"SELECT {locks}pg_advisory_xact_lock_shared(%(lock)s)"
+    sql = f"""WITH {relaxed}waited AS (
+        SELECT {_waited()} AS found
+    ), ended AS (
+        UPDATE "{runs}" SET status = '{RunStatus.COMPLETED}', output = %(output)s,
+            error = NULL, {_ENDED}
+        FROM {"waited" if with_memo else "relaxed, waited"}
+        WHERE id = %(id)s AND {_OURS_RUNNING} AND NOT waited.found
+        RETURNING "{runs}".id
+    ), stored AS (
+        INSERT INTO "{event_model._meta.db_table}" ({_column_list(fields)})
+        SELECT {_casts(fields, "e")} FROM ended RETURNING 1
+    ){stored_memo}{handed}
+    SELECT waited.found, (SELECT count(*) FROM stored),
+        {"(SELECT id FROM memo)" if with_memo else "NULL"}, {handed_fields}
+    FROM waited{" LEFT JOIN handed ON true" if handing else ""}"""
+    return locks, _compact(sql), fields, memo_fields, constants
 
 
 _store_with_runs_sql: dict[int, tuple[str, list[Any], list[Any]]] = {}
@@ -693,8 +828,7 @@ def store_with_runs(event: Any, runs: list[WorkflowRun], lock_key: int) -> bool:
         event_model = WorkflowRun._meta.get_field("event").related_model
         event_fields = list(event_model._meta.concrete_fields)
         run_fields = list(WorkflowRun._meta.concrete_fields)
-        sql = f"""SELECT pg_advisory_xact_lock_shared(%(lock)s);
-        WITH held AS (
+        sql = f"""WITH held AS (
             SELECT {_waited()} OR EXISTS (
                 SELECT 1 FROM "{models.PausedWorkflow._meta.db_table}"
                 WHERE workflow_id = ANY(CAST(%(workflows)s AS text[]))
@@ -724,7 +858,7 @@ def store_with_runs(event: Any, runs: list[WorkflowRun], lock_key: int) -> bool:
         name=event.name,
         workflows=[run.workflow_id for run in runs],
     )
-    (stored,) = _after_lock(sql, params)
+    (stored,) = _after_lock("SELECT pg_advisory_xact_lock_shared(%(lock)s)", sql, params)
     if not stored:
         return False
     for row in (event, *runs):
@@ -749,7 +883,8 @@ def waited_for(lock_key: int, workspace_id: Any, name: str) -> bool:
     recorded? One round trip of two statements: the second takes its snapshot after the
     lock is granted, so it sees every wait recorded under the exclusive lock before."""
     return _after_lock(
-        f"SELECT pg_advisory_xact_lock_shared(%(lock)s); SELECT {_waited()}",
+        "SELECT pg_advisory_xact_lock_shared(%(lock)s)",
+        f"SELECT {_waited()}",
         {"lock": lock_key, "workspace": workspace_id, "name": name},
     )[0]
 

@@ -36,23 +36,19 @@ from django.utils import timezone
 
 from workflows import conf, doorbell, flowcontrol, registry, runstore_pg
 from workflows.exceptions import UnknownWorkflowError
-from workflows.models import RunStatus, ThrottleState, WorkflowRun, not_paused
+from workflows.models import SHAPING_FIELDS, RunStatus, ThrottleState, WorkflowRun, not_paused
 
 #: ``held_by`` of a run waiting for a slot: this prefix and the group.
 FOR_SLOT = "concurrency "
 #: ``held_by`` of a run whose first start the throttle put later: this prefix and key.
 FOR_THROTTLE = "throttle "
 #: The fields the claim reads from a run that flow control may hold back.
-FIELDS = (
-    "workflow_id",
-    "status",
-    "started_at",
-    "slot_1",
-    "slot_2",
-    "throttle_key",
-    "throttle_at",
-    "order_at",
-)
+FIELDS = SHAPING_FIELDS
+#: The runs this process handed a slot to lately, by id: their :data:`FIELDS` as the
+#: hand-over read them, so that claiming one here needs no question first (a hint: the
+#: claim checks everything again). Forgotten past ``_HINTS_MAX``.
+_hints: dict[str, dict[str, Any]] = {}
+_HINTS_MAX = 10_000
 
 
 @dataclass(frozen=True)
@@ -174,13 +170,15 @@ def _hand_over(
     chosen: list[Any] = [] if skip is None else [skip]
     named = list(dict.fromkeys(g for g in groups if g))
     due = now + timedelta(seconds=conf.get().RING_TIMEOUT_SECONDS)
-    if connection.vendor == "postgresql" and len(named) == 1 and _columns(named[0]) == ("slot_1",):
+    line = one_line(named)
+    if line is not None:
         # The common case (one limit, kept in slot_1): lock, pick and update, one trip.
-        head = runstore_pg.hand_over(named[0], _lock_key(named[0]), FOR_SLOT, now, due, skip, after)
+        head = runstore_pg.hand_over(line, now, due, skip, after)
         if head is None:
             return []
-        doorbell.ring_on_commit([head], handed=True)
-        return [head]
+        remember_handed(head)
+        doorbell.ring_on_commit([head["id"]], handed=True)
+        return [head["id"]]
     # In turn with the claims of these groups: a claim that counted this run as running
     # and is putting its run back in line commits first, so that run is seen here.
     lock(named)
@@ -208,6 +206,41 @@ def _hand_over(
         )
         doorbell.ring_on_commit(chosen, handed=True)
     return chosen
+
+
+@dataclass(frozen=True)
+class Line:
+    """One group's line of runs waiting for a slot, kept in ``slot_1``: a hand-over of
+    its slot is one statement on PostgreSQL (see ``runstore_pg.hand_over``). ``waiting``:
+    how the ``held_by`` of a run in the line begins."""
+
+    group: str
+    lock_key: int
+    waiting: str = FOR_SLOT
+
+
+def one_line(groups: Iterable[str]) -> Line | None:
+    """On PostgreSQL, the one line a run of ``groups`` hands its slot to, if it has one
+    group and that group is kept in ``slot_1`` only (one limit: the common case); else
+    ``None`` (several lines: :func:`hand_over` asks each)."""
+    named = list(dict.fromkeys(g for g in groups if g))
+    if connection.vendor != "postgresql" or len(named) != 1 or _columns(named[0]) != ("slot_1",):
+        return None
+    return Line(named[0], _lock_key(named[0]))
+
+
+def remember_handed(head: dict[str, Any]) -> None:
+    """Keep what a hand-over read of the run it chose (``id`` and :data:`FIELDS`) until
+    the run is claimed here (:func:`handed_hint`)."""
+    if len(_hints) >= _HINTS_MAX:
+        _hints.clear()
+    _hints[str(head["id"])] = head
+
+
+def handed_hint(run_id: Any) -> dict[str, Any] | None:
+    """What this process's hand-over read of ``run_id`` (its :data:`FIELDS`), once: the
+    claim of a run handed a slot here can then go straight to the groups' question."""
+    return _hints.pop(str(run_id), None)
 
 
 def line_up(runs: Sequence[WorkflowRun], now: datetime) -> set[Any]:

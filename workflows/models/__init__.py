@@ -15,6 +15,7 @@ from workflows.models.runs import (
     ACTIVE_VALUES,
     MOVING_STATUSES,
     MOVING_VALUES,
+    SHAPING_FIELDS,
     TERMINAL_STATUSES,
     RunQuerySet,
     RunStatus,
@@ -59,5 +60,6 @@ __all__ = [
     "WorkflowRun",
     "not_paused",
     "runnable",
+    "SHAPING_FIELDS",
     "unshaped",
 ]

@@ -76,6 +76,20 @@ def unshaped(now: datetime) -> Q:
     )
 
 
+#: The fields of a run that flow control may hold back which its claim reads (whether
+#: a throttle asks, which groups and limits, where it stands in line).
+SHAPING_FIELDS = (
+    "workflow_id",
+    "status",
+    "started_at",
+    "slot_1",
+    "slot_2",
+    "throttle_key",
+    "throttle_at",
+    "order_at",
+)
+
+
 def not_paused() -> Q:
     """Runs whose workflow is not paused in their workspace (nor everywhere).
 

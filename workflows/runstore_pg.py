@@ -569,22 +569,17 @@ def hand_over(
     """Take the lock of ``line`` (a :class:`workflows.slots.Line`), then hand its free
     slot to the next run in it (``_head``): clear its ``held_by`` and set its ``due_at``
     to ``due``. Return its ``id`` and ``models.SHAPING_FIELDS``, or ``None`` if none
-    waits. One round trip: the lock, then
-    the statement that reads the line, whose snapshot is taken after the lock (as
+    waits. One round trip (:func:`_after_lock`): the lock, then the statement that
+    reads the line, whose snapshot is taken after the lock (as
     :func:`workflows.slots.hand_over` requires).
     """
     global _hand_over_sql
     if _hand_over_sql is None:
         head, constants = _head()
-        handed = _handed()
-        sql = f"SELECT pg_advisory_xact_lock(%(key)s);\nWITH {head}\n{handed}"
-        _hand_over_sql = (_compact(sql), constants)
+        _hand_over_sql = (_compact(f"WITH {head}\n{_handed()}"), constants)
     sql, constants = _hand_over_sql
     params = {**constants, **_head_params(line, due, skip, after), "key": line.lock_key, "now": now}
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        next_result(cursor)
-        return _handed_row(cursor.fetchone())
+    return _handed_row(_after_lock("SELECT pg_advisory_xact_lock(%(key)s)", sql, params))
 
 
 def _like_prefix(prefix: str) -> str:

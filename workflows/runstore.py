@@ -211,9 +211,9 @@ def _claim_admitted(
     """The usual case of a run in concurrency groups, rung because its groups have room
     (``shaped``: its :data:`workflows.slots.FIELDS`): on PostgreSQL, outside a
     transaction, with no throttle to ask, the groups' locks and the claim are one
-    message, which PostgreSQL runs as one transaction of its own (no BEGIN and COMMIT
-    round trips). ``None`` if it did not claim the run (not runnable, or no room), or
-    could not ask that way."""
+    round trip, which PostgreSQL runs as one transaction of its own (no BEGIN and
+    COMMIT round trips; see :func:`runstore_pg.claim_admitted`). ``None`` if it did not
+    claim the run (not runnable, or no room), or could not ask that way."""
     if connection.vendor != "postgresql" or connection.in_atomic_block:
         return None
     if slots.asks_throttle(shaped):

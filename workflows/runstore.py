@@ -31,7 +31,7 @@ from django.db.models import Case, F, PositiveIntegerField, Q, Value, When
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
-from workflows import conf, doorbell, models, runstore_pg, slots
+from workflows import conf, models, runstore_pg, slots
 from workflows.exceptions import LeaseLost, RunCancelled, error_record
 from workflows.models import ACTIVE_STATUSES, RunStatus, StepResult, StepStatus, WorkflowRun
 
@@ -175,14 +175,14 @@ def _claim_shaped(
     """Claim a runnable run that flow control may hold back, or put it back in line.
     ``asked``: :func:`_claim_admitted` just did not claim it; do not ask again."""
     run_id = shaped["id"]
-    postgres = connection.vendor == "postgresql"
-    limits = slots.limits_of(shaped["workflow_id"], (shaped["slot_1"], shaped["slot_2"]))
     if not asked:
         run = _claim_admitted(run_id, shaped, token, now, lease)
         if run is not None:
             return run
     # A group is full (or a throttle asks): ask again, in a transaction that can put
     # the run back in line.
+    postgres = connection.vendor == "postgresql"
+    limits = slots.limits_of(shaped["workflow_id"], (shaped["slot_1"], shaped["slot_2"]))
     with transaction.atomic():
         held = slots.throttled(run_id, shaped, now, relax=postgres)
         if held is None:
@@ -493,8 +493,7 @@ def finish_with_event(
     if ended is not None:
         _forget(token)  # ended (its slot handed on with it), or no longer ours
     if head is not None:
-        slots.remember_handed(head)
-        doorbell.ring([head["id"]], handed=True)
+        slots.ring_handed(head)
     return ended
 
 

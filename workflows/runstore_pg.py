@@ -15,6 +15,7 @@ lifecycle, the waits, the slots and the subscribers, and only on PostgreSQL.
 """
 
 import contextlib
+import functools
 import logging
 import weakref
 from datetime import UTC, datetime
@@ -73,16 +74,21 @@ def bound_cursor(conn: Any, *, prepare: bool = False) -> Any:
 
     if not is_psycopg3:
         return conn.cursor()
-    conn.validate_thread_sharing()  # as conn.cursor() does
-    conn.ensure_connection()
-    raw_conn = conn.connection
     prepare = prepare and prepares(conn)
-    if prepare and raw_conn.prepare_threshold is None:
-        # psycopg prepares nothing on a connection without a threshold, not even what
-        # is asked for; this one is never reached by the statements nobody asks for.
-        raw_conn.prepare_threshold = ONLY_WHEN_ASKED
+    _ready(conn, prepare=prepare)
     raw = _kept_cursor(conn, prepare)
     return _LoggedCursor(raw, conn) if conn.queries_logged else conn.make_cursor(raw)
+
+
+def _ready(conn: Any, *, prepare: bool) -> None:
+    """Connect ``conn`` if need be, checked for this thread as ``conn.cursor()`` does;
+    with ``prepare``, let psycopg prepare what the engine asks it to."""
+    conn.validate_thread_sharing()
+    conn.ensure_connection()
+    if prepare and conn.connection.prepare_threshold is None:
+        # psycopg prepares nothing on a connection without a threshold, not even what
+        # is asked for; this one is never reached by the statements nobody asks for.
+        conn.connection.prepare_threshold = ONLY_WHEN_ASKED
 
 
 def _kept_cursor(conn: Any, key: Any) -> Any:
@@ -170,15 +176,15 @@ def _pipelines(conn: Any) -> bool:
 
     if not is_psycopg3 or conn.in_atomic_block or not prepares(conn):
         return False
-    if not _pipeline_support:
-        import psycopg
-
-        _pipeline_support.append(psycopg.Pipeline.is_supported())
-    return _pipeline_support[0]
+    return _pipeline_supported()
 
 
-#: Whether psycopg's libpq supports pipelines (asked once).
-_pipeline_support: list[bool] = []
+@functools.cache
+def _pipeline_supported() -> bool:
+    """Whether psycopg's libpq supports pipelines (asked once)."""
+    import psycopg
+
+    return psycopg.Pipeline.is_supported()
 
 
 class _LoggedCursor(CursorDebugWrapper):
@@ -274,11 +280,7 @@ def _after_lock(locks: str, sql: str, params: dict[str, Any]) -> tuple:
 
 def _pipelined(locks: str, sql: str, params: dict[str, Any]) -> tuple:
     conn = connection
-    conn.validate_thread_sharing()
-    conn.ensure_connection()
-    raw_conn = conn.connection
-    if raw_conn.prepare_threshold is None:
-        raw_conn.prepare_threshold = ONLY_WHEN_ASKED  # as in bound_cursor
+    _ready(conn, prepare=True)
     lock_cursor, cursor = _kept_cursor(conn, "locks"), _kept_cursor(conn, True)
     logged = _LoggedCursor(cursor, conn) if conn.queries_logged else None
     with (
@@ -286,7 +288,7 @@ def _pipelined(locks: str, sql: str, params: dict[str, Any]) -> tuple:
         if logged is not None
         else contextlib.nullcontext()
     ):
-        with conn.wrap_database_errors, raw_conn.pipeline():
+        with conn.wrap_database_errors, conn.connection.pipeline():
             lock_cursor.execute(locks, params)
             cursor.execute(sql, params)
         return cursor.fetchone()

@@ -174,11 +174,7 @@ def _hand_over(
     if line is not None:
         # The common case (one limit, kept in slot_1): lock, pick and update, one trip.
         head = runstore_pg.hand_over(line, now, due, skip, after)
-        if head is None:
-            return []
-        remember_handed(head)
-        doorbell.ring_on_commit([head["id"]], handed=True)
-        return [head["id"]]
+        return [] if head is None else [ring_handed(head)]
     # In turn with the claims of these groups: a claim that counted this run as running
     # and is putting its run back in line commits first, so that run is seen here.
     lock(named)
@@ -229,9 +225,18 @@ def one_line(groups: Iterable[str]) -> Line | None:
     return Line(named[0], _lock_key(named[0]))
 
 
+def ring_handed(head: dict[str, Any]) -> Any:
+    """Ring the run a hand-over chose (once the caller's transaction commits, or now
+    outside one), keeping what it read of it (``id`` and :data:`FIELDS`) until the run
+    is claimed here (:func:`handed_hint`); return its id."""
+    remember_handed(head)
+    doorbell.ring_on_commit([head["id"]], handed=True)
+    return head["id"]
+
+
 def remember_handed(head: dict[str, Any]) -> None:
     """Keep what a hand-over read of the run it chose (``id`` and :data:`FIELDS`) until
-    the run is claimed here (:func:`handed_hint`)."""
+    the run is claimed here (:func:`handed_hint`), without ringing it."""
     if len(_hints) >= _HINTS_MAX:
         _hints.clear()
     _hints[str(head["id"])] = head

@@ -63,28 +63,36 @@ def test_two_dispatcher_processes_never_emit_an_event_twice(transactional_db, mo
         EMISSION_LOG_ENV: "1",
     }
     dispatchers = [Dispatcher(env=env).start() for _ in range(2)]
+    sent: list[str] = []
     try:
-        ts = bus.now_ms() + 3000
-        with no_broker():
-            ids = eventbus.send_batch(
-                [{"name": "test/wild/race", "data": {"i": i}, "ts": ts} for i in range(300)]
+        # On SQLite one writer can keep the database lock for a whole round while the
+        # other backs off, so up to three rounds are sent until both processes have
+        # emitted; every round must be exactly-once either way.
+        for _ in range(3):
+            ts = bus.now_ms() + 3000
+            with no_broker():
+                sent += eventbus.send_batch(
+                    [{"name": "test/wild/race", "data": {"i": i}, "ts": ts} for i in range(300)]
+                )
+            wait_until(
+                lambda: not Event.objects.filter(status=EventStatus.SCHEDULED).exists(),
+                timeout=120,
+                what="both dispatchers to emit every event",
             )
-        wait_until(
-            lambda: not Event.objects.filter(status=EventStatus.SCHEDULED).exists(),
-            timeout=120,
-            what="both dispatchers to emit every event",
-        )
+            early = EmissionLog.objects.filter(delivered_ms__lt=ts, event_id__in=sent[-300:])
+            assert not early.exists()
+            per_pid = Counter(EmissionLog.objects.values_list("pid", flat=True))
+            if len(per_pid) == 2:
+                break
     finally:
         for dispatcher in dispatchers:
             dispatcher.stop()
     deliveries = Counter(str(pk) for pk in EmissionLog.objects.values_list("event_id", flat=True))
-    assert sorted(deliveries) == sorted(ids)
+    assert sorted(deliveries) == sorted(sent)
     assert set(deliveries.values()) == {1}, [d.tail() for d in dispatchers]
-    assert not EmissionLog.objects.filter(delivered_ms__lt=ts).exists()  # none early
     runs = Counter(WorkflowRun.objects.values_list("event_id", "workflow_id"))
-    assert len(runs) == 300 and set(runs.values()) == {1}
+    assert len(runs) == len(sent) and set(runs.values()) == {1}
     # Both processes emitted (small batches, 300 due rows): they really raced.
-    per_pid = Counter(EmissionLog.objects.values_list("pid", flat=True))
     assert set(per_pid) == {d.process.pid for d in dispatchers}, per_pid
 
 

@@ -49,6 +49,21 @@ def tracer() -> Any:
     return trace.get_tracer(_namespace)
 
 
+def recording() -> bool:
+    """Whether spans started here are recorded: OpenTelemetry is installed and the project
+    has set a tracer provider (the API alone, or its no-op provider, records nothing).
+
+    Checked at each call, so a provider set after start-up is followed. Only spans that
+    carry no context of their own may be skipped on it: a span started without a
+    provider still carries its parent's context, which an event stored under it keeps.
+    """
+    if not ENABLED:
+        return False
+    return not isinstance(
+        trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider
+    )
+
+
 def carrier() -> dict[str, str] | None:
     """The current trace context as a W3C carrier to store with an event, or ``None``."""
     if not ENABLED:

@@ -190,8 +190,8 @@ print(json.dumps({
 """
 
 
-@pytest.mark.django_db(transaction=True)
-def test_without_opentelemetry_nothing_of_it_is_imported_and_runs_work():
+def _script(script: str) -> dict:
+    """Run ``script`` in a new Python process on the test database; its last line (JSON)."""
     env = dict(os.environ)
     env.pop("WORKFLOWS_TEST_SPAN_FILE", None)
     env.update(
@@ -200,12 +200,66 @@ def test_without_opentelemetry_nothing_of_it_is_imported_and_runs_work():
         PYTHONPATH=str(ROOT),
     )
     done = subprocess.run(
-        [sys.executable, "-c", _WITHOUT_OTEL], cwd=ROOT, env=env, capture_output=True,
-        text=True, timeout=120,
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    found = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_without_opentelemetry_nothing_of_it_is_imported_and_runs_work():
+    found = _script(_WITHOUT_OTEL)
     assert found == {"enabled": False, "statuses": ["completed"] * 3, "otel": []}
+
+
+#: Runs a workflow with the OpenTelemetry API but no provider set, then sets one.
+_API_ONLY = r"""
+import json
+import django
+django.setup()
+import eventbus
+from eventbus import tracing
+from eventbus.models import Event
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from workflows import telemetry
+from workflows.models import WorkflowRun
+from workflows.testing import drain, no_broker
+parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+found = {"recording": tracing.recording()}
+with tracing.incoming({"traceparent": parent}):
+    with telemetry.step_span("s", "run", 0) as span:
+        found["step_span"] = repr(span)
+        found["carrier"] = tracing.carrier()["traceparent"][:36]
+    with no_broker():
+        eventbus.send("obs/go", {"n": 2})
+drain(skip_time=True)
+found["statuses"] = sorted(WorkflowRun.objects.values_list("status", flat=True))
+found["told"] = Event.objects.get(name="obs/told").trace_context["traceparent"][:36]
+trace.set_tracer_provider(TracerProvider())
+found["recording_after"] = tracing.recording()
+with telemetry.step_span("s", "run", 0) as span:
+    found["step_span_after"] = type(span).__name__
+print(json.dumps(found))
+"""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_without_a_tracer_provider_steps_make_no_spans_and_the_trace_carries_on():
+    """The API alone records nothing: the steps skip their spans (a cost per step), yet
+    what a run sends still carries the sender's trace; a provider set later is used."""
+    found = _script(_API_ONLY)
+    trace_id = "00-0af7651916cd43dd8448eb211c80319c-"
+    assert found == {
+        "recording": False,
+        "step_span": "None",
+        "carrier": trace_id,
+        "statuses": ["completed"] * 3,
+        "told": trace_id,
+        "recording_after": True,
+        "step_span_after": "_Span",
+    }
 
 
 # --- signals --------------------------------------------------------------------------

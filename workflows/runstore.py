@@ -313,8 +313,9 @@ def save_step(
     suspend: tuple[str, datetime | None, datetime | None] | None = None,
     keep_if_cancelled: bool = False,
     clear_lost: bool = False,
-) -> None:
-    """Store a step's memo in one transaction, fenced by the lease.
+) -> bool:
+    """Store a step's memo in one transaction, fenced by the lease; whether it has
+    committed on return (no transaction was open around the call).
 
     ``then`` is called inside the same transaction after the memo is saved (used by
     ``send_event`` to store its events). ``suspend`` = (status, wake_at, due_at) also
@@ -323,17 +324,19 @@ def save_step(
     written, and :class:`RunCancelled` stops the execution. ``clear_lost`` resets the
     run's count of lost executions (the step they were counted against is recorded).
     """
+    conn = transaction.get_connection()  # one lookup of the thread's connection
+    alone = not conn.in_atomic_block
     if (
-        memo.pk is None
+        alone
+        and memo.pk is None
         and then is None
         and suspend is None
         and not clear_lost
-        and connection.vendor == "postgresql"
-        and not connection.in_atomic_block
+        and conn.vendor == "postgresql"
         and fresh(token)
         and runstore_pg.insert_fenced(memo, run_id, token)
     ):
-        return
+        return True
     # The portable path; also where a fast insert that was refused finds out why.
     cancelled = False
     with transaction.atomic():
@@ -360,6 +363,7 @@ def save_step(
         raise RunCancelled()
     if suspend is not None:
         _let_go(token)
+    return alone
 
 
 # --- leaving the worker -----------------------------------------------------------------

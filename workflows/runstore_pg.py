@@ -17,6 +17,7 @@ lifecycle, the waits, the slots and the subscribers, and only on PostgreSQL.
 import contextlib
 import functools
 import logging
+import uuid
 import weakref
 from datetime import UTC, datetime
 from typing import Any
@@ -614,8 +615,104 @@ _run_insert_sql: dict[bool, tuple[str, list[Any]]] = {}
 
 
 def _insert_values(instance: Any, fields: list[Any], conn: Any) -> list[Any]:
-    """The values of ``fields`` of ``instance`` as the ORM's ``INSERT`` writes them."""
-    return [f.get_db_prep_save(f.pre_save(instance, True), conn) for f in fields]
+    """The values of ``fields`` of ``instance`` as the ORM's ``INSERT`` writes them.
+
+    ``fields`` is one of the lists the statements above keep; each field's way of
+    preparing its value is chosen once per list (:func:`_preparer`).
+    """
+    kept = _preparers.get(id(fields))
+    if kept is None or kept[0] is not fields:
+        kept = (fields, [_preparer(f) for f in fields])
+        if len(_preparers) < 64:  # the statements' lists, not lists made per call
+            _preparers[id(fields)] = kept
+    return [prepare(instance, conn) for prepare in kept[1]]
+
+
+#: ``id`` of a list of fields -> (that list, a preparer of each of its fields).
+_preparers: dict[int, tuple[list[Any], list[Any]]] = {}
+
+
+#: Field classes whose ``get_db_prep_save`` passes a value of the kind named on to the
+#: database as it is (text, date-time, uuid, an auto field's int) or only typed for it
+#: (integer), on PostgreSQL (exact classes: a subclass may prepare its own way).
+_PLAIN: dict[type, str] = {}
+
+
+def _plain_kinds() -> dict[type, str]:
+    if not _PLAIN:
+        from django.db import models as db
+
+        _PLAIN.update(
+            {
+                db.CharField: "text",
+                db.TextField: "text",
+                db.DateTimeField: "datetime",
+                db.UUIDField: "uuid",
+                db.AutoField: "auto",
+                db.BigAutoField: "auto",
+                db.SmallAutoField: "auto",
+            }
+        )
+        for kind in (
+            db.IntegerField,
+            db.BigIntegerField,
+            db.SmallIntegerField,
+            db.PositiveIntegerField,
+            db.PositiveBigIntegerField,
+            db.PositiveSmallIntegerField,
+        ):
+            _PLAIN[kind] = "integer"
+    return _PLAIN
+
+
+def _kind(field: Any) -> str | None:
+    """The kind of value ``field`` passes on unchanged (see ``_PLAIN``), or ``None``;
+    a foreign key's is its target's (its ``get_db_prep_save`` defers to it)."""
+    from django.db.models import ForeignKey
+
+    if getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False):
+        return None  # stamped by pre_save
+    if type(field) is ForeignKey:
+        return _kind(field.target_field)
+    return _plain_kinds().get(type(field))
+
+
+def _preparer(field: Any) -> Any:
+    """``(instance, conn) -> value`` as ``field.get_db_prep_save(field.pre_save(...))``
+    gives it, without the ORM's chain of calls for a plain value: a string of a text
+    field, an aware datetime of a date-time field, a UUID of a uuid field and an int of
+    an auto field go as they are, an int of an integer field typed as the backend
+    types it; any other value (``None`` aside), and every field of another class or
+    with ``auto_now``, takes the ORM's way."""
+
+    def orm(instance: Any, conn: Any) -> Any:
+        return field.get_db_prep_save(field.pre_save(instance, True), conn)
+
+    kind = _kind(field)
+    if kind is None:
+        return orm
+    attname = field.attname
+    if kind == "integer":
+        internal = field.get_internal_type()
+
+        def integer(instance: Any, conn: Any) -> Any:
+            value = getattr(instance, attname)
+            if type(value) is int:
+                return conn.ops.adapt_integerfield_value(value, internal)
+            return None if value is None else field.get_db_prep_save(value, conn)
+
+        return integer
+    plain = {"text": str, "datetime": datetime, "uuid": uuid.UUID, "auto": int}[kind]
+
+    def unchanged(instance: Any, conn: Any) -> Any:
+        value = getattr(instance, attname)
+        if value is None or (type(value) is plain and (kind != "datetime" or value.tzinfo)):
+            return value
+        if kind == "text" and isinstance(value, str):
+            return value  # a str subclass (a choices enum) is passed on as the ORM does
+        return field.get_db_prep_save(value, conn)
+
+    return unchanged
 
 
 def _saved(instance: Any, conn: Any) -> None:

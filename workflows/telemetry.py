@@ -91,8 +91,9 @@ def _step_span(step_id: str, kind: str, attempt: int) -> Iterator[Any]:
 
 def step_span(step_id: str, kind: str, attempt: int) -> Any:
     """The ``workflows.step`` span of a step that executes, made current (so spans of the
-    step's own code are its children); a null context without OpenTelemetry."""
-    if not tracing.ENABLED:
+    step's own code are its children); a null context when nothing records spans (the
+    run's span, current instead, carries the same trace context then)."""
+    if not tracing.recording():
         return _NULL
     return _step_span(step_id, kind, attempt)
 
@@ -107,8 +108,9 @@ def step_failed(span: Any, exc: BaseException) -> None:
 
 def recorded_span(row: StepResult, began_ns: int) -> None:
     """A ``workflows.step`` span for a step that only records (not ``step.run``, whose
-    span covers its function): from when the call began until now."""
-    if not tracing.ENABLED:
+    span covers its function): from when the call began until now; none when nothing
+    records spans."""
+    if not tracing.recording():
         return
     span = tracing.tracer().start_span(
         "workflows.step",
@@ -159,10 +161,13 @@ def run_ended(run: WorkflowRun) -> None:
     transaction.on_commit(ended)
 
 
-def step_recorded(run: WorkflowRun, row: StepResult, seconds: float) -> None:
+def step_recorded(
+    run: WorkflowRun, row: StepResult, seconds: float, *, committed: bool = False
+) -> None:
     """A step's execution ended and its memo was saved: once committed, count and signal.
 
     ``seconds``: how long that execution took (the function's try for ``step.run``).
+    ``committed``: the memo has committed already (no transaction to wait for).
     """
     kind, status = str(row.kind), str(row.status)
 
@@ -171,4 +176,7 @@ def step_recorded(run: WorkflowRun, row: StepResult, seconds: float) -> None:
         tally.observe(STEP_DURATION, {"kind": kind}, seconds)
         _send(signals.step_finished, run.workflow_id, run=run, step=row)
 
-    transaction.on_commit(recorded)
+    if committed:
+        recorded()
+    else:
+        transaction.on_commit(recorded)

@@ -258,6 +258,12 @@ def _memo_fields() -> list[Any]:
     return [f for f in StepResult._meta.concrete_fields if not f.primary_key]
 
 
+def _db() -> Any:
+    """This thread's connection to the default database, looked up once (the
+    ``connection`` proxy looks it up again at every attribute it is asked for)."""
+    return connections[DEFAULT_DB_ALIAS]
+
+
 def _after_lock(locks: str, sql: str, params: dict[str, Any]) -> tuple:
     """Execute ``locks`` (a ``SELECT`` taking advisory locks), then ``sql``, whose
     snapshot is taken after the locks are granted, as one transaction in one round trip;
@@ -268,19 +274,19 @@ def _after_lock(locks: str, sql: str, params: dict[str, Any]) -> tuple:
     with one ``Sync`` after them, so that PostgreSQL runs them as one implicit
     transaction (the locks are held until it commits). Otherwise one message of both
     commands, quoted by the client and planned at every execution."""
-    if _pipelines(connection):
+    conn = _db()
+    if _pipelines(conn):
         try:
-            return _pipelined(locks, sql, params)
+            return _pipelined(conn, locks, sql, params)
         except DatabaseError as exc:
-            _lost_prepared(connection, exc)  # nothing was done: send it the other way
-    with connection.cursor() as cursor:
+            _lost_prepared(conn, exc)  # nothing was done: send it the other way
+    with conn.cursor() as cursor:
         cursor.execute(f"{locks};\n{sql}", params)
         next_result(cursor)  # past the locks
         return cursor.fetchone()
 
 
-def _pipelined(locks: str, sql: str, params: dict[str, Any]) -> tuple:
-    conn = connection
+def _pipelined(conn: Any, locks: str, sql: str, params: dict[str, Any]) -> tuple:
     _ready(conn, prepare=True)
     lock_cursor, cursor = _kept_cursor(conn, "locks"), _kept_cursor(conn, True)
     logged = _LoggedCursor(cursor, conn) if conn.queries_logged else None
@@ -312,9 +318,10 @@ def _loader(model: type) -> Any:
 
     def load(values: tuple) -> Any:
         values = list(values)
+        conn = _db()
         for i, fn, f in converters:
-            values[i] = fn(values[i], f, connection)
-        return model.from_db(connection.alias, names, values)
+            values[i] = fn(values[i], f, conn)
+        return model.from_db(conn.alias, names, values)
 
     return load
 
@@ -442,13 +449,14 @@ def claim(
     runnable and no flow control may hold it back; else ``None`` and, if flow control
     may hold it back, what the claim of such a run asks (its ``id`` and
     ``models.SHAPING_FIELDS``, as the statement saw them)."""
-    alone = not connection.in_atomic_block
+    conn = _db()
+    alone = not conn.in_atomic_block
     sql, constants, *loaders = _claim_statement("free", alone)
     params = {**constants, "id": run_id, "token": token, "now": now, "lease": lease}
     if alone:  # its own transaction: prepared, like a memo insert (planning took 0.4 ms)
-        row = execute_prepared(connection, sql, params).fetchone()
+        row = execute_prepared(conn, sql, params).fetchone()
     else:
-        with connection.cursor() as cursor:
+        with conn.cursor() as cursor:
             cursor.execute(sql, params)
             row = cursor.fetchone()
     if row is None:
@@ -507,7 +515,7 @@ def shaped(run_id: Any, now: datetime, fields: tuple[str, ...]) -> dict[str, Any
         sql = f'SELECT {columns} FROM "{runs}" WHERE "{runs}"."id" = %(id)s AND ({condition})'
         _shaped_sql[fields] = (sql, constants)
     sql, constants = _shaped_sql[fields]
-    row = execute_prepared(connection, sql, {**constants, "id": run_id, "now": now}).fetchone()
+    row = execute_prepared(_db(), sql, {**constants, "id": run_id, "now": now}).fetchone()
     return None if row is None else dict(zip(fields, row, strict=True))
 
 
@@ -782,15 +790,16 @@ _OURS_RUNNING = f"lease_owner = %(token)s AND status = '{RunStatus.RUNNING}'"
 def finish(run_id: Any, token: str, status: str, output: Any, error: Any, now: datetime) -> bool:
     """End the run we own as one relaxed statement; whether it was ours to end."""
     field = WorkflowRun._meta.get_field("output")
-    with connection.cursor() as cursor:
+    conn = _db()
+    with conn.cursor() as cursor:
         cursor.execute(
             f'{RELAXED}UPDATE "{WorkflowRun._meta.db_table}" SET status = %(status)s, '
             f"output = %(output)s, error = %(error)s, {_ENDED} "
             f"WHERE id = %(id)s AND {_OURS_RUNNING}",
             {
                 "status": status,
-                "output": field.get_db_prep_save(output, connection),
-                "error": field.get_db_prep_save(error, connection),
+                "output": field.get_db_prep_save(output, conn),
+                "error": field.get_db_prep_save(error, conn),
                 "now": now,
                 "id": run_id,
                 "token": token,
@@ -836,16 +845,17 @@ def finish_with_event(
     if variant not in _finish_with_event_sql:
         _finish_with_event_sql[variant] = _finish_with_event_statement(*variant)
     locks, sql, fields, memo_fields, constants = _finish_with_event_sql[variant]
-    params = _named(_insert_values(event, fields, connection), "e")
+    conn = _db()
+    params = _named(_insert_values(event, fields, conn), "e")
     if memo is not None:
-        params.update(_named(_insert_values(memo, memo_fields, connection), "m"))
+        params.update(_named(_insert_values(memo, memo_fields, conn), "m"))
     if line is not None:
         params.update(constants, **_head_params(line, due), key=line.lock_key)
     params.update(
         lock=lock_key,
         workspace=event.workspace_id,
         name=event.name,
-        output=WorkflowRun._meta.get_field("output").get_db_prep_save(output, connection),
+        output=WorkflowRun._meta.get_field("output").get_db_prep_save(output, conn),
         now=now,
         id=run_id,
         token=token,
@@ -854,10 +864,10 @@ def finish_with_event(
     if waited:
         return None, None
     if stored:
-        _saved(event, connection)
+        _saved(event, conn)
         if memo is not None:
             memo.pk = memo_id
-            _saved(memo, connection)
+            _saved(memo, conn)
     return bool(stored), _handed_row(tuple(head))
 
 
@@ -943,9 +953,10 @@ def store_with_runs(event: Any, runs: list[WorkflowRun], lock_key: int) -> bool:
         sql += "\n        SELECT count(*) FROM stored"
         _store_with_runs_sql[len(runs)] = (_compact(sql), event_fields, run_fields)
     sql, event_fields, run_fields = _store_with_runs_sql[len(runs)]
-    params = _named(_insert_values(event, event_fields, connection), "e")
+    conn = _db()
+    params = _named(_insert_values(event, event_fields, conn), "e")
     for k, run in enumerate(runs):
-        params.update(_named(_insert_values(run, run_fields, connection), f"r{k}_"))
+        params.update(_named(_insert_values(run, run_fields, conn), f"r{k}_"))
     params.update(
         lock=lock_key,
         workspace=event.workspace_id,
@@ -956,7 +967,7 @@ def store_with_runs(event: Any, runs: list[WorkflowRun], lock_key: int) -> bool:
     if not stored:
         return False
     for row in (event, *runs):
-        _saved(row, connection)
+        _saved(row, conn)
     return True
 
 
@@ -989,4 +1000,4 @@ def pauses_of(workflow_ids: list[str]) -> list[tuple[str, Any]]:
     (inside ``send``'s transaction: not prepared, see :func:`execute_prepared`)."""
     table = models.PausedWorkflow._meta.db_table
     sql = f'SELECT workflow_id, workspace_id FROM "{table}" WHERE workflow_id = ANY(%s)'
-    return execute_prepared(connection, sql, [workflow_ids]).fetchall()
+    return execute_prepared(_db(), sql, [workflow_ids]).fetchall()

@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from eventbus import conf, tracing, validation
 from eventbus.exceptions import EventError, UnknownWorkspaceError
-from eventbus.models import Event, EventStatus, Workspace
+from eventbus.models import Event, EventStatus, Workspace, build
 
 #: Called inside the emitting transaction with the list of newly emitted events.
 Subscriber = Callable[[list[Event]], None]
@@ -244,7 +244,8 @@ def _row(
     source_step_id: Any = None,
 ) -> Event:
     ts = spec.ts if spec.ts is not None else now
-    return Event(
+    return build(
+        Event,
         id=event_id,
         workspace=workspace,
         name=spec.name,

@@ -1,9 +1,13 @@
 """Workspaces and events."""
 
+import functools
 import uuid
+from typing import Any, TypeVar
 
 from django.db import models
 from django.utils import timezone
+
+_M = TypeVar("_M", bound=models.Model)
 
 
 class Workspace(models.Model):
@@ -185,3 +189,36 @@ class Webhook(models.Model):
 
     def __str__(self) -> str:
         return self.name or self.event_name
+
+
+@functools.cache
+def _layout(model: type) -> tuple[tuple[str, str, Any], ...]:
+    """(attname, name, field) of each concrete field of ``model``, in the order the model
+    takes them by position."""
+    return tuple((f.attname, f.name, f) for f in model._meta.concrete_fields)
+
+
+def build(model: type[_M], /, **values: Any) -> _M:
+    """An unsaved instance of ``model`` from field values, as ``model(**values)`` makes
+    it, but given to the model by position (a third of what the keyword form costs:
+    runs, events and memos are made on every send and step). A foreign key may be given
+    by its attname (``workspace_id``) or by its name with an instance (``workspace``),
+    which is then cached on the row as the keyword form caches it; a field not given
+    takes its default."""
+    related = []
+    args = []
+    for attname, name, field in _layout(model):
+        if attname in values:
+            args.append(values.pop(attname))
+        elif name != attname and name in values:
+            instance = values.pop(name)
+            related.append((name, instance))
+            args.append(None if instance is None else getattr(instance, field.target_field.attname))
+        else:
+            args.append(field.get_default())
+    if values:
+        raise TypeError(f"{model.__name__} has no field {', '.join(map(repr, values))}")
+    row = model(*args)
+    for name, instance in related:
+        setattr(row, name, instance)
+    return row

@@ -1,12 +1,13 @@
 """The event bus: validation, idempotency, transactions, workspaces and fan-out to runs."""
 
 import contextlib
+import uuid
 
 import pytest
 from django.db import transaction
 
 import eventbus
-from eventbus.models import Event, EventStatus, Workspace
+from eventbus.models import Event, EventStatus, Workspace, build
 from workflows.models import WorkflowRun
 from workflows.testing import no_broker
 
@@ -135,3 +136,21 @@ def eventbus_now():
 
 def test_event_error_is_a_value_error():
     assert issubclass(eventbus.EventError, ValueError)
+
+
+def test_build_makes_the_row_the_keyword_form_makes():
+    """``models.build`` (the rows of every send and step, made by position) gives each
+    field what ``Model(**values)`` gives it, keeps a related instance cached, takes the
+    defaults, and refuses a name that is no field."""
+    workspace = Workspace(pk=7, slug="w")
+    values = {"id": uuid.uuid4(), "workspace": workspace, "name": "a/b", "data": {"k": 1}, "ts": 5}
+    made, expected = build(Event, **values), Event(**values)
+    for field in Event._meta.concrete_fields:
+        if callable(field.default):  # now(), a new dict: made apart, equal in kind
+            assert type(getattr(made, field.attname)) is type(getattr(expected, field.attname))
+        else:
+            assert getattr(made, field.attname) == getattr(expected, field.attname), field.name
+    assert made.workspace is workspace and made._state.adding
+    assert build(Event, workspace_id=7).workspace_id == 7
+    with pytest.raises(TypeError, match="has no field 'nmae'"):
+        build(Event, nmae="typo")

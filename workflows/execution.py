@@ -11,7 +11,6 @@ become :class:`~workflows.exceptions.EngineInterrupt` (:meth:`~Execution.guard`,
 """
 
 import contextlib
-import functools
 import json
 import logging
 import sys
@@ -25,6 +24,7 @@ from django.db.models import Case, F, JSONField, Value, When
 from django.utils import timezone
 
 from eventbus import validation
+from eventbus.models import build
 from workflows import conf, doorbell, lifecycle, memo, registry, runstore, telemetry
 from workflows.exceptions import (
     EngineInterrupt,
@@ -82,12 +82,6 @@ def sized_json(value: Any, where: str) -> tuple[Any, int]:
     )
     # Hand back exactly what a replay will read, not the caller's object.
     return json.loads(encoded), len(encoded.encode("utf-8"))
-
-
-@functools.cache
-def _memo_layout() -> tuple[tuple[str, Any], ...]:
-    """A memo's fields in the order the model takes them by position (their attnames)."""
-    return tuple((f.attname, f) for f in StepResult._meta.concrete_fields)
 
 
 class Execution:
@@ -321,21 +315,15 @@ class Execution:
         self, step_id: str, key: str, position: int, kind: str, **fields: Any
     ) -> StepResult:
         """A new, unsaved memo of this run."""
-        given = {
-            "run_id": self.run.pk,
-            "step_id": step_id,
-            "key": key,
-            "position": position,
-            "kind": kind,
+        return build(
+            StepResult,
+            run_id=self.run.pk,
+            step_id=step_id,
+            key=key,
+            position=position,
+            kind=kind,
             **fields,
-        }
-        # Every field by position: a third of what the ORM's keyword form costs a step.
-        row = StepResult(
-            *[given.pop(name) if name in given else f.get_default() for name, f in _memo_layout()]
         )
-        if given:
-            raise TypeError(f"a memo has no field {', '.join(map(repr, given))}")
-        return row
 
     def save(
         self,

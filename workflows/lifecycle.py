@@ -33,7 +33,7 @@ from django.utils import timezone
 
 from eventbus import bus, validation
 from eventbus.exceptions import EventError
-from eventbus.models import Event, EventStatus
+from eventbus.models import Event, EventStatus, build
 from workflows import doorbell, flowcontrol, registry, runstore, slots, telemetry, waits
 from workflows.exceptions import UnknownWorkflowError
 from workflows.models import ACTIVE_STATUSES, RunStatus, StepResult, Wait, WorkflowRun
@@ -83,7 +83,8 @@ def new_run(
         )
     else:
         fields.setdefault("order_at", now)
-    return WorkflowRun(
+    return build(
+        WorkflowRun,
         workspace_id=event.workspace_id,
         workflow_id=wf.id,
         version=wf.version,

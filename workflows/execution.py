@@ -425,7 +425,7 @@ class Execution:
                 self.token,
                 output,
                 row,
-                recorded=lambda: telemetry.step_recorded(self.run, row, seconds),
+                recorded=lambda: telemetry.step_recorded(self.run, row, seconds, committed=True),
             ):
                 self._held = None
                 return True

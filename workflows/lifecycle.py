@@ -297,7 +297,7 @@ def _finish_quietly(
     if done:
         if recorded is not None:
             recorded()
-        telemetry.run_ended(run)  # committed already: counted and signalled now
+        telemetry.run_ended(run, committed=True)  # counted and signalled now
     else:
         run.status, run.output = previous
     return done

@@ -149,8 +149,9 @@ def run_started(run: WorkflowRun) -> None:
     transaction.on_commit(lambda: _send(signals.run_started, run.workflow_id, run=run))
 
 
-def run_ended(run: WorkflowRun) -> None:
-    """In the transaction that ended ``run``: once it commits, count it and signal it."""
+def run_ended(run: WorkflowRun, *, committed: bool = False) -> None:
+    """In the transaction that ended ``run``: once it commits, count it and signal it
+    (now, if ``committed``: the end has committed already)."""
     if run.is_branch:
         return
 
@@ -158,7 +159,10 @@ def run_ended(run: WorkflowRun) -> None:
         tally.add(RUNS_FINISHED, {"workflow_id": run.workflow_id, "status": run.status})
         _send(signals.run_finished, run.workflow_id, run=run)
 
-    transaction.on_commit(ended)
+    if committed:
+        ended()
+    else:
+        transaction.on_commit(ended)
 
 
 def step_recorded(

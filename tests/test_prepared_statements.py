@@ -97,6 +97,32 @@ def test_nothing_is_prepared_inside_a_transaction():
         assert cursor.fetchone() == (0,)
 
 
+def test_under_manual_transactions_nothing_is_prepared_or_relaxed():
+    """``set_autocommit(False)`` opens a transaction without an atomic block. The engine
+    cannot run there (its bells wait for the commit with ``on_commit``, which Django
+    refuses under manual transaction management), but its fast paths keep out of such a
+    transaction before that error: no statement prepared in it, no commit relaxed, no
+    pipeline, so the caller's rollback takes back all it wrote."""
+    from django.db.transaction import TransactionManagementError
+
+    transaction.set_autocommit(False)
+    try:
+        assert not runstore_pg.on_its_own(connection)
+        with pytest.raises(TransactionManagementError, match="manual transaction"):
+            start("test/loop", {"n": 1})
+        runstore_pg.execute_prepared(connection, "SELECT %s::int", [1])  # as a claim would
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_prepared_statements")
+            assert cursor.fetchone() == (0,)
+            cursor.execute("SHOW synchronous_commit")
+            assert cursor.fetchone() == ("on",)
+        transaction.rollback()
+    finally:
+        transaction.set_autocommit(True)
+    assert not Event.objects.filter(name="test/loop").exists()
+    assert runstore_pg.on_its_own(connection)
+
+
 def test_a_send_on_its_own_is_a_pipeline_of_two_prepared_statements():
     """The emitters' lock, then the statement that stores the event and its runs: sent
     together, one round trip, each prepared once and then executed by name, and run by

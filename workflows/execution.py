@@ -398,7 +398,7 @@ class Execution:
             self._may_hold
             and row.pk is None
             and self.lost == 0
-            and not transaction.get_connection().in_atomic_block
+            and runstore.on_its_own(transaction.get_connection())
             and runstore.fresh(self.token)
         )
 

@@ -251,7 +251,7 @@ def ends_quietly(run: WorkflowRun) -> bool:
     branch, not started by a system event, while no workflow is triggered by
     ``run.finished`` and every subscriber of the event bus may be skipped
     (:func:`skippable_subscriber`)."""
-    if connection.vendor != "postgresql" or connection.in_atomic_block:
+    if connection.vendor != "postgresql" or not runstore.on_its_own(connection):
         return False
     if run.is_branch or run.parent_id is not None or run.event.name.startswith(_SYSTEM_PREFIX):
         return False

@@ -54,6 +54,11 @@ def _hold(token: str) -> None:
     _held[token] = time.monotonic() + conf.get().LEASE_SECONDS
 
 
+#: Whether a statement executed now is a transaction of its own (no atomic block, and
+#: autocommit on): where the fast paths may run.
+on_its_own = runstore_pg.on_its_own
+
+
 def fresh(token: str) -> bool:
     """Whether more than half of our lease is left, as far as this process knows."""
     ends = _held.get(token)
@@ -214,7 +219,7 @@ def _claim_admitted(
     round trip, which PostgreSQL runs as one transaction of its own (no BEGIN and
     COMMIT round trips; see :func:`runstore_pg.claim_admitted`). ``None`` if it did not
     claim the run (not runnable, or no room), or could not ask that way."""
-    if connection.vendor != "postgresql" or connection.in_atomic_block:
+    if connection.vendor != "postgresql" or not runstore_pg.on_its_own(connection):
         return None
     if slots.asks_throttle(shaped):
         return None
@@ -325,7 +330,7 @@ def save_step(
     run's count of lost executions (the step they were counted against is recorded).
     """
     conn = transaction.get_connection()  # one lookup of the thread's connection
-    alone = not conn.in_atomic_block
+    alone = on_its_own(conn)
     if (
         alone
         and memo.pk is None

@@ -128,6 +128,14 @@ def prepares(conn: Any) -> bool:
     return setting and not _missing
 
 
+def on_its_own(conn: Any) -> bool:
+    """Whether a statement executed on ``conn`` now is a transaction of its own: no
+    atomic block is open and Django manages the commits (``set_autocommit(False)``
+    opens a transaction without an atomic block, which nothing here may prepare in,
+    relax or commit)."""
+    return not conn.in_atomic_block and conn.get_autocommit()
+
+
 def execute_prepared(conn: Any, sql: str, params: Any) -> Any:
     """Execute ``sql`` (one command) on a kept cursor of ``conn`` and return the cursor:
     prepared where :func:`prepares` allows and ``conn`` is in no transaction; inside
@@ -138,7 +146,7 @@ def execute_prepared(conn: Any, sql: str, params: Any) -> Any:
     not see) did nothing, so it is executed again unprepared, and this process stops
     preparing, with a warning saying what to set. Inside a transaction the error would
     lose the caller's transaction (an event's ``send``), hence nothing prepared there."""
-    prepare = not conn.in_atomic_block
+    prepare = on_its_own(conn)
     cursor = bound_cursor(conn, prepare=prepare)
     if not prepare:
         cursor.execute(sql, params)
@@ -175,7 +183,7 @@ def _pipelines(conn: Any) -> bool:
     the engine prepares (:func:`prepares`), outside a transaction."""
     from django.db.backends.postgresql.psycopg_any import is_psycopg3  # PostgreSQL only
 
-    if not is_psycopg3 or conn.in_atomic_block or not prepares(conn):
+    if not is_psycopg3 or not on_its_own(conn) or not prepares(conn):
         return False
     return _pipeline_supported()
 
@@ -450,7 +458,7 @@ def claim(
     may hold it back, what the claim of such a run asks (its ``id`` and
     ``models.SHAPING_FIELDS``, as the statement saw them)."""
     conn = _db()
-    alone = not conn.in_atomic_block
+    alone = on_its_own(conn)
     sql, constants, *loaders = _claim_statement("free", alone)
     params = {**constants, "id": run_id, "token": token, "now": now, "lease": lease}
     if alone:  # its own transaction: prepared, like a memo insert (planning took 0.4 ms)

@@ -76,7 +76,7 @@ def start_quietly(event: Event) -> bool:
     written and the bus stores and delivers the event the ordinary way, which resolves
     the wait or records the skip. A worker is rung for the runs once they are stored.
     """
-    if connection.vendor != "postgresql" or connection.in_atomic_block:
+    if connection.vendor != "postgresql" or not runstore_pg.on_its_own(connection):
         return False
     if not lifecycle.only_skippable_subscribers():
         return False

@@ -241,3 +241,35 @@ def test_insert_values_are_what_the_orm_would_write():
                 fast[k] = slow[k] = None
         assert [repr(v) for v in fast] == [repr(v) for v in slow]
         assert id(fields) in runstore_pg._preparers  # chosen once per list of fields
+
+
+@pytest.mark.parametrize("zone", ["UTC", "America/Chicago"])
+def test_the_engines_cursors_read_timestamps_as_django_does(zone):
+    """The kept cursors parse ``timestamptz`` with the C parser of ISO dates: the same
+    values as Django's loader, in the session's zone or another, with fractions or
+    none; what the C parser refuses (a BC date, an infinity) fails as Django's does."""
+    values = [
+        "2026-12-04 19:14:00.5+00", "2026-12-04 19:14:00+00", "1999-03-28 01:59:59.999999+00",
+        "2026-03-08 08:30:00.000001+00", "0001-01-03 00:00:00+00", "9999-12-30 23:59:59+00",
+    ]  # fmt: skip
+    sql = "SELECT " + ", ".join(f"CAST(%s AS timestamptz) AS t{n}" for n in range(len(values)))
+    with connection.cursor() as cursor:
+        cursor.execute(f"SET TIME ZONE '{zone}'")
+        try:
+            cursor.execute(sql, values)
+            expected = cursor.fetchone()
+            got = runstore_pg.execute_prepared(connection, sql, values).fetchone()
+            assert [(v, v.tzinfo) for v in got] == [(v, v.tzinfo) for v in expected]
+            loader = runstore_pg._kept_cursor(connection, True).adapters.get_loader(1184, 0)
+            assert loader.__name__ == "IsoTimestamptzLoader"  # 1184: timestamptz, as text
+            for odd in ("0044-03-15 12:00:00+00 BC", "infinity"):
+                with pytest.raises(Exception) as django_way:
+                    cursor.execute("SELECT CAST(%s AS timestamptz)", [odd])
+                    cursor.fetchone()
+                with pytest.raises(Exception) as ours:
+                    runstore_pg.execute_prepared(
+                        connection, "SELECT CAST(%s AS timestamptz)", [odd]
+                    ).fetchone()
+                assert str(ours.value) == str(django_way.value)
+        finally:
+            cursor.execute("SET TIME ZONE 'UTC'")

@@ -219,7 +219,7 @@ def _claim_admitted(
     round trip, which PostgreSQL runs as one transaction of its own (no BEGIN and
     COMMIT round trips; see :func:`runstore_pg.claim_admitted`). ``None`` if it did not
     claim the run (not runnable, or no room), or could not ask that way."""
-    if connection.vendor != "postgresql" or not runstore_pg.on_its_own(connection):
+    if connection.vendor != "postgresql" or not on_its_own(connection):
         return None
     if slots.asks_throttle(shaped):
         return None

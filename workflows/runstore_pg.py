@@ -679,41 +679,35 @@ def _insert_values(instance: Any, fields: list[Any], conn: Any) -> list[Any]:
 _preparers: dict[int, tuple[list[Any], list[Any]]] = {}
 
 
-#: Field classes whose ``get_db_prep_save`` passes a value of the kind named on to the
-#: database as it is (text, date-time, uuid, an auto field's int) or only typed for it
-#: (integer), on PostgreSQL (exact classes: a subclass may prepare its own way).
-_PLAIN: dict[type, str] = {}
-
-
+@functools.cache
 def _plain_kinds() -> dict[type, str]:
-    if not _PLAIN:
-        from django.db import models as db
+    """Field classes whose ``get_db_prep_save`` passes a value of the kind named on to
+    the database as it is (text, date-time, uuid, an auto field's int) or only typed for
+    it (integer), on PostgreSQL (exact classes: a subclass may prepare its own way)."""
+    from django.db import models as db
 
-        _PLAIN.update(
-            {
-                db.CharField: "text",
-                db.TextField: "text",
-                db.DateTimeField: "datetime",
-                db.UUIDField: "uuid",
-                db.AutoField: "auto",
-                db.BigAutoField: "auto",
-                db.SmallAutoField: "auto",
-            }
-        )
-        for kind in (
-            db.IntegerField,
-            db.BigIntegerField,
-            db.SmallIntegerField,
-            db.PositiveIntegerField,
-            db.PositiveBigIntegerField,
-            db.PositiveSmallIntegerField,
-        ):
-            _PLAIN[kind] = "integer"
-    return _PLAIN
+    integers = (
+        db.IntegerField,
+        db.BigIntegerField,
+        db.SmallIntegerField,
+        db.PositiveIntegerField,
+        db.PositiveBigIntegerField,
+        db.PositiveSmallIntegerField,
+    )
+    return {
+        db.CharField: "text",
+        db.TextField: "text",
+        db.DateTimeField: "datetime",
+        db.UUIDField: "uuid",
+        db.AutoField: "auto",
+        db.BigAutoField: "auto",
+        db.SmallAutoField: "auto",
+        **dict.fromkeys(integers, "integer"),
+    }
 
 
 def _kind(field: Any) -> str | None:
-    """The kind of value ``field`` passes on unchanged (see ``_PLAIN``), or ``None``;
+    """The kind of value ``field`` passes on unchanged (see :func:`_plain_kinds`), or ``None``;
     a foreign key's is its target's (its ``get_db_prep_save`` defers to it)."""
     from django.db.models import ForeignKey
 

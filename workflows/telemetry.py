@@ -159,10 +159,7 @@ def run_ended(run: WorkflowRun, *, committed: bool = False) -> None:
         tally.add(RUNS_FINISHED, {"workflow_id": run.workflow_id, "status": run.status})
         _send(signals.run_finished, run.workflow_id, run=run)
 
-    if committed:
-        ended()
-    else:
-        transaction.on_commit(ended)
+    _once_committed(ended, committed)
 
 
 def step_recorded(
@@ -180,7 +177,13 @@ def step_recorded(
         tally.observe(STEP_DURATION, {"kind": kind}, seconds)
         _send(signals.step_finished, run.workflow_id, run=run, step=row)
 
+    _once_committed(recorded, committed)
+
+
+def _once_committed(fn: Any, committed: bool) -> None:
+    """Call ``fn`` once the current transaction commits: now if ``committed`` (what it
+    follows has committed already; no ``on_commit`` and its connection lookup)."""
     if committed:
-        recorded()
+        fn()
     else:
-        transaction.on_commit(recorded)
+        transaction.on_commit(fn)
